@@ -1,0 +1,1 @@
+"""Serving-side subcommands of `whaleid` (torch-free); see app/cli.py."""

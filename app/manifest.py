@@ -1,0 +1,160 @@
+"""The model bundle's manifest: the contract between training and serving.
+
+A bundle is a folder holding `manifest.json` and the ONNX files it names. Training writes it
+(`whaleid export`), serving reads it; it records every number preprocessing needs, so serving
+never guesses. The fingerprint (sha256 over the model files, in manifest order) names the
+model: gallery embeddings carry it, and a gallery made by another fingerprint is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.preprocess import EmbedTransform
+from gallery.errors import WhaleidError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "BundleError",
+    "DetectorSpec",
+    "EmbedderSpec",
+    "Manifest",
+    "file_digests",
+    "fingerprint_files",
+]
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class BundleError(WhaleidError):
+    """A bundle is missing, malformed or has been tampered with."""
+
+
+class DetectorSpec(BaseModel):
+    """The YOLO cropper, exported by ultralytics with NMS inside."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="ONNX file name inside the bundle")
+    input_size: int = Field(640, gt=0, description="square letterbox side in pixels")
+    class_names: list[str] = Field(default_factory=lambda: ["fin"])
+    confidence: float = Field(0.25, ge=0.0, le=1.0, description="minimum box confidence")
+    padding: float = Field(0.1, ge=0.0, description="box growth per side, × box width/height")
+
+
+class EmbedderSpec(BaseModel):
+    """One member of the embedding ensemble."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="ONNX file name inside the bundle")
+    timm_name: str = Field(description="the timm backbone it was trained with")
+    transform: EmbedTransform = Field(default_factory=EmbedTransform)
+    output_dim: int = Field(gt=0)
+    weight: float = Field(1.0, gt=0.0, description="weight of its normalised embedding")
+    flip_tta: bool = Field(False, description="average with the horizontally flipped crop")
+
+
+class Manifest(BaseModel):
+    """Everything serving needs to know about a bundle."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    format_version: Literal[1] = FORMAT_VERSION
+    fingerprint: str = Field(description="sha256 over the model files, in manifest order")
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    detector: DetectorSpec | None = None
+    embedders: list[EmbedderSpec] = Field(min_length=1)
+    embedding_dim: int = Field(gt=0, description="dimension of the concatenated embedding")
+    threshold: float = Field(description="similarity under which new_individual ranks first")
+    species_thresholds: dict[str, float] = Field(default_factory=dict)
+    species: list[str] = Field(default_factory=list)
+    cv_metrics: dict[str, float] = Field(default_factory=dict)
+    training_configs: list[dict[str, Any]] = Field(default_factory=list)
+    file_digests: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of each model file, to name a tampered one"
+    )
+
+    @model_validator(mode="after")
+    def _dimensions_add_up(self) -> Manifest:
+        total = sum(e.output_dim for e in self.embedders)
+        if total != self.embedding_dim:
+            raise ValueError(f"embedding_dim {self.embedding_dim} != sum of outputs {total}")
+        return self
+
+    @property
+    def model_files(self) -> list[str]:
+        """The files the fingerprint covers, in order: detector first, then embedders."""
+        files = [self.detector.file] if self.detector else []
+        return files + [e.file for e in self.embedders]
+
+    def threshold_for(self, species: str | None) -> float:
+        """The species' tuned threshold where there is one, else the global one."""
+        if species is not None and species in self.species_thresholds:
+            return self.species_thresholds[species]
+        return self.threshold
+
+    def write(self, bundle_dir: Path) -> Path:
+        path = Path(bundle_dir) / MANIFEST_NAME
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, bundle_dir: Path, *, verify: bool = True) -> Manifest:
+        """Load and check a bundle's manifest: files present and fingerprint matching."""
+        bundle_dir = Path(bundle_dir)
+        path = bundle_dir / MANIFEST_NAME
+        if not path.is_file():
+            raise BundleError(f"{bundle_dir} is not a model bundle: it has no {MANIFEST_NAME}")
+        try:
+            manifest = cls.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            raise BundleError(f"{path}: {where}: {first['msg']}") from exc
+        if verify:
+            manifest.verify(bundle_dir)
+        return manifest
+
+    def verify(self, bundle_dir: Path) -> None:
+        """Every model file present and unchanged since export; names the file that is not."""
+        missing = [f for f in self.model_files if not (Path(bundle_dir) / f).is_file()]
+        if missing:
+            raise BundleError(f"bundle {bundle_dir} is missing {', '.join(missing)}")
+        for name in self.model_files:
+            expected = self.file_digests.get(name)
+            if expected is not None and _sha256(Path(bundle_dir) / name) != expected:
+                raise BundleError(
+                    f"{Path(bundle_dir) / name} has changed since export (sha256 differs from "
+                    "the manifest): re-export the bundle or restore the file"
+                )
+        actual = fingerprint_files(Path(bundle_dir), self.model_files)
+        if actual != self.fingerprint:
+            raise BundleError(f"bundle {bundle_dir}: fingerprint differs from the manifest")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(bundle_dir: Path, files: list[str]) -> dict[str, str]:
+    """sha256 of each model file, by name."""
+    return {name: _sha256(Path(bundle_dir) / name) for name in files}
+
+
+def fingerprint_files(bundle_dir: Path, files: list[str]) -> str:
+    """sha256 over the per-file digests, in order: the bundle's name for its model."""
+    digest = hashlib.sha256()
+    for name, file_digest in file_digests(bundle_dir, files).items():
+        digest.update(name.encode() + b"\0" + file_digest.encode() + b"\n")
+    return digest.hexdigest()

@@ -1,0 +1,144 @@
+"""The one preprocessing that training (torch) and serving (onnxruntime) both use.
+
+Every number here travels in the bundle manifest, so the exported model is fed exactly what it
+was trained on: crop with padding, resize, RGB channel order, scale to [0, 1], normalise, CHW.
+Flip TTA is a horizontal flip of the normalised array. The detector uses letterboxing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Box",
+    "EmbedTransform",
+    "Letterbox",
+    "crop_box",
+    "hflip",
+    "letterbox",
+    "pad_box",
+    "to_batch",
+    "to_chw",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LETTERBOX_FILL = 114  # the grey ultralytics pads with; the detector was trained on it
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the original photo
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class EmbedTransform(BaseModel):
+    """How a crop becomes an embedder input. Stored per embedder in the manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_size: tuple[int, int] = Field((224, 224), description="(height, width) in pixels")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        """Resize (aspect not kept, as the competition models were trained) to input_size."""
+        height, width = self.input_size
+        if img.size == (width, height):
+            return img
+        return img.resize((width, height), _RESAMPLE[self.interpolation])
+
+    def normalize(self, img: Image.Image) -> np.ndarray:
+        """An RGB image of input_size → float32 CHW array, scaled and normalised."""
+        return to_chw(img, self.mean, self.std)
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        return self.normalize(self.resize(img))
+
+
+def to_chw(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """RGB image → float32 (3, H, W): x / 255, minus mean, over std."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def to_batch(images: Sequence[Image.Image], transform: EmbedTransform) -> np.ndarray:
+    """Crops → float32 (N, 3, H, W) batch for an embedder."""
+    if not images:
+        height, width = transform.input_size
+        return np.zeros((0, 3, height, width), dtype=np.float32)
+    return np.stack([transform(img) for img in images])
+
+
+def hflip(batch: np.ndarray) -> np.ndarray:
+    """Horizontal flip of a (..., H, W) array: the flip of flip TTA."""
+    return np.ascontiguousarray(batch[..., ::-1])
+
+
+def pad_box(box: Box, padding: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Grow a box by `padding` × its width/height on each side, clipped to `size` = (W, H)."""
+    x1, y1, x2, y2 = box
+    width, height = size
+    dx, dy = (x2 - x1) * padding, (y2 - y1) * padding
+    left = int(np.clip(np.floor(x1 - dx), 0, width - 1))
+    top = int(np.clip(np.floor(y1 - dy), 0, height - 1))
+    right = int(np.clip(np.ceil(x2 + dx), left + 1, width))
+    bottom = int(np.clip(np.ceil(y2 + dy), top + 1, height))
+    return left, top, right, bottom
+
+
+def crop_box(img: Image.Image, box: Box | None, padding: float = 0.0) -> Image.Image:
+    """The padded box of the photo, or the whole photo when there is no box."""
+    if box is None:
+        return img
+    return img.crop(pad_box(box, padding, img.size))
+
+
+class Letterbox(BaseModel):
+    """Where a photo went inside the square detector input, to map boxes back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scale: float
+    pad_x: float
+    pad_y: float
+    size: tuple[int, int]  # the original photo's (W, H)
+
+    def unmap(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) x1y1x2y2 in letterboxed pixels → original-photo pixels, clipped."""
+        out = boxes.astype(np.float32).copy()
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        width, height = self.size
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+        return out
+
+
+def letterbox(img: Image.Image, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Fit the photo in a `size`² square keeping its aspect, centred, grey padding.
+
+    Returns float32 (3, size, size) in [0, 1] RGB, as ultralytics feeds its exported models,
+    and the Letterbox to map predicted boxes back onto the photo.
+    """
+    width, height = img.size
+    scale = min(size / width, size / height)
+    new_w, new_h = round(width * scale), round(height * scale)
+    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
+    left, top = round(pad_x - 0.1), round(pad_y - 0.1)
+    canvas = Image.new("RGB", (size, size), (LETTERBOX_FILL,) * 3)
+    resized = img.convert("RGB")
+    if (new_w, new_h) != (width, height):
+        resized = resized.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas.paste(resized, (left, top))
+    arr = np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return np.ascontiguousarray(arr), Letterbox(
+        scale=scale, pad_x=left, pad_y=top, size=(width, height)
+    )
