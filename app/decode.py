@@ -82,8 +82,8 @@ def decode_image(
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{name} is truncated or corrupt ({exc})") from exc
-    img = ImageOps.exif_transpose(img) or img
-    return to_rgb(img)
+    upright: Image.Image = ImageOps.exif_transpose(img) or img
+    return to_rgb(upright)
 
 
 def open_image(path: str | Path, **kwargs: object) -> Image.Image:

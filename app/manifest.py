@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
 
 
 class BundleError(WhaleidError):
@@ -66,7 +65,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1] = 1
     fingerprint: str = Field(description="sha256 over the model files, in manifest order")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     detector: DetectorSpec | None = None

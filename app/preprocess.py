@@ -64,9 +64,10 @@ class EmbedTransform(BaseModel):
 
 def to_chw(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """RGB image → float32 (3, H, W): x / 255, minus mean, over std."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    mean_ = np.asarray(mean, dtype=np.float32)
+    std_ = np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean_) / std_).transpose(2, 0, 1))
 
 
 def to_batch(images: Sequence[Image.Image], transform: EmbedTransform) -> np.ndarray:
