@@ -1,0 +1,109 @@
+"""Decoding: formats, modes, orientation and the limits that protect the service."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.decode import (
+    ImageTooLargeError,
+    UnreadableImageError,
+    UnsupportedImageTypeError,
+    decode_image,
+)
+
+
+def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def gradient(width: int = 64, height: int = 48) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.uint8)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], axis=2))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_accepted_formats_decode_to_rgb(fmt: str) -> None:
+    img = decode_image(encode(gradient(), fmt))
+    assert img.mode == "RGB" and img.size == (64, 48)
+
+
+def test_gif_is_unsupported() -> None:
+    with pytest.raises(UnsupportedImageTypeError, match="GIF"):
+        decode_image(encode(gradient(), "GIF"))
+
+
+@pytest.mark.parametrize("data", [b"", b"hello, this is text", b"\x00" * 100])
+def test_garbage_is_unreadable(data: bytes) -> None:
+    with pytest.raises(UnreadableImageError):
+        decode_image(data)
+
+
+def test_truncated_jpeg_is_unreadable() -> None:
+    data = encode(gradient(256, 256), "JPEG")
+    with pytest.raises(UnreadableImageError, match="truncated"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    data = encode(gradient(200, 100), "PNG")
+    with pytest.raises(ImageTooLargeError, match="20,000"):
+        decode_image(data, max_pixels=19_999)
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming a huge grey image, with a tiny compressed body."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return len(payload).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    rows = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused() -> None:
+    data = bomb_png(40_000, 40_000)
+    assert len(data) < 10_000
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data)
+
+
+def test_cmyk_palette_alpha_and_16_bit_become_rgb() -> None:
+    cmyk = decode_image(encode(gradient().convert("CMYK"), "JPEG"))
+    palette = decode_image(encode(gradient().convert("P"), "PNG"))
+    rgba = gradient().convert("RGBA")
+    rgba.putalpha(0)
+    transparent = decode_image(encode(rgba, "PNG"))
+    deep = Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 21).astype(np.uint16))
+    sixteen = decode_image(encode(deep, "PNG"))
+    for img in (cmyk, palette, transparent, sixteen):
+        assert img.mode == "RGB" and img.size == (64, 48)
+    assert np.asarray(transparent).std() == 0  # fully transparent → flat background
+    assert np.asarray(sixteen)[..., 0].max() > 200  # 16-bit range scaled, not clipped to 255
+
+
+def test_exif_orientation_is_applied() -> None:
+    upright = gradient(64, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated; viewers turn it 90° clockwise
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    decoded = decode_image(encode(stored, "JPEG", exif=exif, quality=95))
+    assert decoded.size == (64, 48)
+    diff = np.abs(np.asarray(decoded, dtype=int) - np.asarray(upright, dtype=int)).mean()
+    assert diff < 6
+
+
+def test_large_jpeg_is_draft_decoded() -> None:
+    data = encode(gradient(4000, 3000), "JPEG")
+    assert max(decode_image(data, draft_side=1000).size) >= 1000
+    assert decode_image(data, draft_side=1000).size[0] < 4000
+    assert decode_image(data, draft_side=None).size == (4000, 3000)
