@@ -41,7 +41,7 @@ def test_pad_box_grows_and_clips() -> None:
 def test_letterbox_round_trip() -> None:
     img = Image.new("RGB", (400, 200), (10, 20, 30))
     arr, placement = letterbox(img, 320)
-    assert arr.shape == (3, 320, 320) and 0 <= arr.min() and arr.max() <= 1
+    assert arr.shape == (3, 320, 320) and arr.min() >= 0 and arr.max() <= 1
     assert placement.scale == 0.8 and placement.pad_y == 80 and placement.pad_x == 0
     np.testing.assert_allclose(arr[:, 160, 160] * 255, [10, 20, 30], atol=1e-4)
     np.testing.assert_allclose(arr[:, 10, 160] * 255, [114, 114, 114], atol=1e-4)
