@@ -1,19 +1,25 @@
 """Photo → crop → ensemble embedding, with onnxruntime only.
 
 The one pipeline that `whaleid predict`, `whaleid gallery import/reembed` and the service all
-use, so batch and service answers agree exactly. (Interface fixed here; the implementation
-lands with the bundle issue.)
+use, so batch and service answers agree exactly. It works on batches: the detector and each
+ensemble member run once per call of `embed`, so the service can group concurrent requests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from app.preprocess import Box
+from app.bundle import Bundle, load_bundle
+from app.embedder import combine
+from app.manifest import Manifest
+from app.preprocess import Box, crop_box
 
-__all__ = ["Crop", "Embedded"]
+__all__ = ["Crop", "Embedded", "Pipeline"]
 
 
 @dataclass(frozen=True)
@@ -31,3 +37,67 @@ class Embedded:
 
     vectors: np.ndarray
     crops: list[Crop | None]
+
+
+class Pipeline:
+    """A loaded bundle, ready to embed photos."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: Path, providers: list[str] | None = None) -> Pipeline:
+        """Load and validate the bundle in `bundle_dir` (BundleError when it is not sound)."""
+        return cls(load_bundle(bundle_dir, providers))
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def fingerprint(self) -> str:
+        return self.bundle.manifest.fingerprint
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.bundle.manifest.embedding_dim
+
+    @property
+    def padding(self) -> float:
+        """Box growth per side when cropping: the detector's, or none without a detector."""
+        detector = self.bundle.manifest.detector
+        return detector.padding if detector is not None else 0.0
+
+    def locate(
+        self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None
+    ) -> list[Crop | None]:
+        """Where to crop each photo: the given boxes (confidence 1), else the detector's, else
+        nowhere (whole photo)."""
+        if boxes is not None:
+            if len(boxes) != len(images):
+                raise ValueError(f"{len(boxes)} boxes for {len(images)} images")
+            return [None if b is None else Crop(box=tuple(b), confidence=1.0) for b in boxes]  # type: ignore[arg-type]
+        if self.bundle.detector is None or not images:
+            return [None] * len(images)
+        return list(self.bundle.detector.detect(list(images)))
+
+    def embed_crops(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        """Cropped photos → (N, embedding_dim) ensemble embeddings, one ORT call per member."""
+        if not crops:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        parts = [member.embed(crops) for member in self.bundle.embedders]
+        weights = [member.spec.weight for member in self.bundle.embedders]
+        return combine(parts, weights)
+
+    def embed(
+        self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None
+    ) -> Embedded:
+        """Detect (unless `boxes` are given) → crop with padding → embed every member (flip TTA
+        where the manifest says) → weighted concat → L2 norm."""
+        located = self.locate(images, boxes)
+        padding = self.padding
+        crops = [
+            crop_box(img, None if c is None else c.box, padding)
+            for img, c in zip(images, located, strict=True)
+        ]
+        return Embedded(vectors=self.embed_crops(crops), crops=located)

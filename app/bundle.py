@@ -1,0 +1,50 @@
+"""Open a model bundle for serving: manifest checked, every model file in an onnxruntime session.
+
+Loading validates everything a bundle promises before a photo is seen: manifest well-formed,
+model files present and unchanged (per-file sha256 and the fingerprint), and each ONNX file's
+inputs and outputs as the manifest describes. Every failure is a BundleError naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app.embedder import OnnxEmbedder, resolve_providers
+from app.manifest import Manifest
+
+if TYPE_CHECKING:
+    from app.detector import OnnxDetector
+
+__all__ = ["Bundle", "load_bundle"]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: its folder, manifest and live sessions (detector None when it has none)."""
+
+    path: Path
+    manifest: Manifest
+    embedders: list[OnnxEmbedder]
+    detector: OnnxDetector | None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+
+def load_bundle(bundle_dir: Path | str, providers: Sequence[str] | None = None) -> Bundle:
+    """Read, verify and open the bundle in `bundle_dir` on `providers` (None: best available)."""
+    bundle_dir = Path(bundle_dir)
+    manifest = Manifest.read(bundle_dir, verify=True)
+    chosen = resolve_providers(providers)
+    embedders = [OnnxEmbedder(bundle_dir / spec.file, spec, chosen) for spec in manifest.embedders]
+    detector = None
+    if manifest.detector is not None:
+        # Imported here: a bundle without a detector needs nothing of it.
+        from app.detector import OnnxDetector
+
+        detector = OnnxDetector(bundle_dir / manifest.detector.file, manifest.detector, chosen)
+    return Bundle(path=bundle_dir, manifest=manifest, embedders=embedders, detector=detector)

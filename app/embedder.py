@@ -1,0 +1,179 @@
+"""One ensemble member: an onnxruntime session that turns crops into L2-normalised embeddings.
+
+The session is checked against the manifest when it is opened (one image input (N, 3, H, W)
+with H, W the manifest's input size, one (N, D) output with D its output_dim), so a bundle
+whose files and manifest disagree fails at load time, not on the first photo. fp16 models take
+fp16 input; answers are always float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from app.manifest import BundleError, EmbedderSpec
+from app.preprocess import hflip, to_batch
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "OnnxEmbedder",
+    "combine",
+    "l2_normalize",
+    "open_session",
+    "resolve_providers",
+]
+
+# The names export gives the graph's ends; serving reads whatever the file has but checks there
+# is exactly one of each.
+INPUT_NAME = "input"
+OUTPUT_NAME = "embedding"
+
+# Short names a settings file may use, and the order in which providers are preferred.
+_PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+# TensorRT is not chosen by default: its builds list it as available even where the TensorRT
+# libraries are missing, and it compiles an engine per input shape (minutes) on first use.
+_DEFAULT_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
+_ORT_TYPES: dict[str, type[np.floating[Any]]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
+
+
+def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """The onnxruntime providers to use: `requested` (short or full names) or the best available.
+
+    CPU is always appended as the fallback. A requested provider this onnxruntime build lacks is
+    an error naming it, so a GPU setting never silently runs on the CPU.
+    """
+    available = ort.get_available_providers()
+    if requested is None:
+        return [p for p in _DEFAULT_PREFERENCE if p in available]
+    chosen: list[str] = []
+    for name in requested:
+        full = _PROVIDER_ALIASES.get(name.lower(), name)
+        if full not in available:
+            raise BundleError(
+                f"onnxruntime provider {name!r} is not available here "
+                f"(available: {', '.join(available)})"
+            )
+        if full not in chosen:
+            chosen.append(full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def open_session(path: Path, providers: Sequence[str] | None = None) -> ort.InferenceSession:
+    """An onnxruntime session for a model file; an unreadable file is a BundleError naming it."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers etc. are noise to users
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=resolve_providers(providers)
+        )
+    except BundleError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        raise BundleError(f"{path} is not a model onnxruntime can load: {exc}") from exc
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32)
+
+
+def combine(parts: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The ensemble embedding: each member's embedding normalised, weighted, concatenated and
+    normalised again.
+
+    Each part is scaled by sqrt(weight), so the cosine of two combined embeddings is the
+    weight-averaged cosine of the members: a weight is a member's share of the similarity.
+    Training (threshold re-tuning) and serving both call this, so they agree.
+    """
+    if len(parts) != len(weights) or not parts:
+        raise ValueError(f"{len(parts)} embeddings for {len(weights)} weights")
+    scaled = [l2_normalize(p) * np.float32(np.sqrt(w)) for p, w in zip(parts, weights, strict=True)]
+    return l2_normalize(np.concatenate(scaled, axis=1))
+
+
+class OnnxEmbedder:
+    """A checked onnxruntime session for one embedder of a bundle."""
+
+    def __init__(self, path: Path, spec: EmbedderSpec, providers: Sequence[str] | None = None):
+        self.path = Path(path)
+        self.spec = spec
+        self.session = open_session(self.path, providers)
+        self.input_name, self.input_dtype = self._check_input()
+        self.output_name = self._check_output()
+
+    def _check_input(self) -> tuple[str, type[np.floating[Any]]]:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise BundleError(f"{self.path}: expected one input, found {len(inputs)}")
+        (arg,) = inputs
+        height, width = self.spec.transform.input_size
+        shape = list(arg.shape)
+        if len(shape) != 4 or shape[1:] != [3, height, width]:
+            raise BundleError(
+                f"{self.path}: input {arg.name!r} has shape {shape}; the manifest says "
+                f"(batch, 3, {height}, {width})"
+            )
+        if isinstance(shape[0], int):
+            raise BundleError(
+                f"{self.path}: input {arg.name!r} has a fixed batch size {shape[0]}; "
+                "re-export with a dynamic batch axis"
+            )
+        if arg.type not in _ORT_TYPES:
+            raise BundleError(f"{self.path}: input {arg.name!r} is {arg.type}, not float/float16")
+        return arg.name, _ORT_TYPES[arg.type]
+
+    def _check_output(self) -> str:
+        outputs = self.session.get_outputs()
+        if len(outputs) != 1:
+            raise BundleError(f"{self.path}: expected one output, found {len(outputs)}")
+        (arg,) = outputs
+        shape = list(arg.shape)
+        if len(shape) != 2 or shape[1] != self.spec.output_dim:
+            raise BundleError(
+                f"{self.path}: output {arg.name!r} has shape {shape}; the manifest says "
+                f"(batch, {self.spec.output_dim})"
+            )
+        return arg.name
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) preprocessed float32 → (N, D) raw float32 model output."""
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.spec.output_dim), dtype=np.float32)
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
+        (out,) = self.session.run([self.output_name], feed)
+        return np.asarray(out, dtype=np.float32)
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) preprocessed → (N, D) L2-normalised, with flip TTA when the manifest
+        says so: original and flipped go through in one call, and their normalised embeddings
+        are averaged, then normalised again."""
+        if not self.spec.flip_tta:
+            return l2_normalize(self.run(batch))
+        n = batch.shape[0]
+        both = l2_normalize(self.run(np.concatenate([batch, hflip(batch)], axis=0)))
+        return l2_normalize(both[:n] + both[n:])
+
+    def embed(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        """Crops (any size; resized here) → (N, D) L2-normalised embeddings."""
+        return self.embed_batch(to_batch(crops, self.spec.transform))
