@@ -71,6 +71,12 @@ class Manifest(BaseModel):
     detector: DetectorSpec | None = None
     embedders: list[EmbedderSpec] = Field(min_length=1)
     embedding_dim: int = Field(gt=0, description="dimension of the concatenated embedding")
+    box_padding: float = Field(
+        0.1,
+        ge=0.0,
+        description="box growth per side × box width/height for every crop, the detector's "
+        "and the catalogue's alike: the embedders were trained on crops grown this much",
+    )
     threshold: float = Field(description="similarity under which new_individual ranks first")
     species_thresholds: dict[str, float] = Field(default_factory=dict)
     species: list[str] = Field(default_factory=list)
@@ -85,6 +91,12 @@ class Manifest(BaseModel):
         total = sum(e.output_dim for e in self.embedders)
         if total != self.embedding_dim:
             raise ValueError(f"embedding_dim {self.embedding_dim} != sum of outputs {total}")
+        # One padding for every crop, so an imported catalogue box and a detected box of the
+        # same fin give the same crop.
+        if self.detector is not None and self.detector.padding != self.box_padding:
+            raise ValueError(
+                f"detector.padding {self.detector.padding} != box_padding {self.box_padding}"
+            )
         return self
 
     @property

@@ -64,9 +64,8 @@ class Pipeline:
 
     @property
     def padding(self) -> float:
-        """Box growth per side when cropping: the detector's, or none without a detector."""
-        detector = self.bundle.manifest.detector
-        return detector.padding if detector is not None else 0.0
+        """Box growth per side when cropping, detected and given boxes alike (as trained)."""
+        return self.bundle.manifest.box_padding
 
     def locate(
         self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None
