@@ -1,0 +1,271 @@
+"""Compose one photo of an individual's fin: placement, perspective, lighting, sea and sky.
+
+An individual is drawn once, flat, into a canonical texture (`FinTexture`: shading with its marks,
+the fin's alpha and the back's alpha). Each photo warps that texture into the frame with one
+homography (scale, rotation, foreshortening, perspective), so the box is exactly the bounding box
+of the same warped outline. Colour, light and background are drawn per photo, never per
+individual, so mean colour says nothing about who is in the photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from training.synth.shapes import Individual
+
+__all__ = ["FinTexture", "Photo", "fin_texture", "render_photo"]
+
+PX_PER_UNIT = 256  # canonical resolution: a fin 1 unit high is 256 px, more than any photo needs
+_SUPERSAMPLE = 2  # drawn at twice the size, then averaged down: antialiased edges
+_BASE_SHADE = 128  # shading value meaning "the fin's own colour"; marks go above or below it
+_SHADE_SCALE = 1 / _BASE_SHADE
+_FIN_SCALE = (0.15, 0.7)  # fin height as a fraction of the frame's height
+
+
+@dataclass(frozen=True)
+class FinTexture:
+    """An individual drawn flat. `image` is RGB: shading, fin alpha, back alpha (all 8-bit).
+    `outline` is the fin silhouette in the texture's pixel coordinates."""
+
+    image: Image.Image
+    outline: np.ndarray
+
+
+@dataclass(frozen=True)
+class Photo:
+    image: np.ndarray  # (H, W, 3) uint8
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, clipped to the frame
+    fin_mask: np.ndarray  # (H, W) float32 in [0, 1]: the whole fin, before any occlusion
+
+
+def _to_canvas(pts: np.ndarray, origin: tuple[float, float], scale: float) -> np.ndarray:
+    """Fin units (v up) to canvas pixels (y down)."""
+    return np.stack([(pts[:, 0] - origin[0]) * scale, (origin[1] - pts[:, 1]) * scale], axis=1)
+
+
+def fin_texture(ind: Individual) -> FinTexture:
+    """Draw `ind` flat: silhouette, marks and a stretch of back either side of the fin."""
+    back_half = ind.base / 2 + 0.7
+    u0 = min(ind.outline[:, 0].min(), ind.base / 2 - back_half) - 0.05
+    u1 = max(ind.outline[:, 0].max(), ind.base / 2 + back_half) + 0.05
+    v0, v1 = -0.05, 1.05
+    s = PX_PER_UNIT * _SUPERSAMPLE
+    size = (int(np.ceil((u1 - u0) * s)), int(np.ceil((v1 - v0) * s)))
+    origin = (u0, v1)
+
+    def px(points: np.ndarray) -> list[tuple[float, float]]:
+        return [(float(x), float(y)) for x, y in _to_canvas(np.asarray(points), origin, s)]
+
+    fin = Image.new("L", size, 0)
+    ImageDraw.Draw(fin).polygon(px(ind.outline), fill=255)
+    back = Image.new("L", size, 0)
+    cx = ind.base / 2
+    top = 0.08 + 0.06 * min(ind.base, 1.5)
+    ImageDraw.Draw(back).chord(
+        [*px(np.array([[cx - back_half, top]]))[0], *px(np.array([[cx + back_half, -top]]))[0]],
+        180,
+        360,
+        fill=255,
+    )
+
+    shade = Image.new("L", size, _BASE_SHADE)
+    draw = ImageDraw.Draw(shade)
+    for p in ind.patches:
+        # An ellipse at an angle: drawn as a polygon so it can rotate.
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        a = np.deg2rad(p.angle)
+        e = np.stack([p.radii[0] * np.cos(t), p.radii[1] * np.sin(t)], axis=1)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        draw.polygon(px(e @ rot.T + np.array(p.centre)), fill=int(_BASE_SHADE * p.tone))
+    # Pigment has soft edges; scars, drawn after the blur, stay crisp.
+    shade = shade.filter(ImageFilter.GaussianBlur(0.02 * s))
+    draw = ImageDraw.Draw(shade)
+    for sc in ind.scars:
+        tone = int(min(255, _BASE_SHADE * sc.tone))
+        draw.line(
+            px(np.array(sc.points)), fill=tone, width=max(1, round(sc.width * s)), joint="curve"
+        )
+    # Marks exist only on the fin; the back keeps the plain colour.
+    shade = Image.composite(shade, Image.new("L", size, _BASE_SHADE), fin)
+
+    small = (size[0] // _SUPERSAMPLE, size[1] // _SUPERSAMPLE)
+    image = Image.merge("RGB", (shade, fin, back)).resize(small, Image.Resampling.BOX)
+    outline = _to_canvas(ind.outline, origin, PX_PER_UNIT)
+    return FinTexture(image=image, outline=outline)
+
+
+def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """3×3 H with H @ [src, 1] ∝ [dst, 1] from four point pairs."""
+    a = []
+    b = []
+    for (x, y), (u, v) in zip(src, dst, strict=True):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        b += [u, v]
+    h = np.linalg.solve(np.array(a, dtype=np.float64), np.array(b, dtype=np.float64))
+    return np.append(h, 1.0).reshape(3, 3)
+
+
+def _apply(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    q = np.c_[pts, np.ones(len(pts))] @ h.T
+    return q[:, :2] / q[:, 2:3]
+
+
+def _smooth_noise(rng: np.random.Generator, w: int, h: int, cells: tuple[int, int]) -> np.ndarray:
+    """Value noise: a coarse random grid upsampled bicubically, roughly in [-1, 1]."""
+    grid = rng.standard_normal((max(2, cells[1]), max(2, cells[0]))).astype(np.float32)
+    return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.Resampling.BICUBIC))
+
+
+def _place(
+    rng: np.random.Generator, tex: FinTexture, w: int, h: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Choose the fin's pose; returns the homography texture→photo and the outline in the photo."""
+    tw, th = tex.image.size
+    fin_h = rng.uniform(*_FIN_SCALE) * h
+    scale = fin_h / PX_PER_UNIT
+    angle = np.deg2rad(np.clip(rng.normal(0, 7), -20, 20))
+    # Seen from off the side the fin is foreshortened along the back; the far end recedes.
+    squash = rng.uniform(0.7, 1.05)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    corners = np.array([[0, 0], [tw, 0], [tw, th], [0, th]], dtype=np.float64)
+    dst = (corners * [scale * squash, scale]) @ rot.T
+    persp = rng.uniform(-0.12, 0.12) * fin_h
+    dst[[1, 2], 1] += [persp, -persp]  # one end taller than the other
+    dst += rng.normal(0, 0.02 * fin_h, size=dst.shape)
+    hmat = _homography(corners, dst)
+    outline = _apply(hmat, tex.outline)
+    lo, hi = outline.min(axis=0), outline.max(axis=0)
+    size = hi - lo
+    # Usually the whole fin is in frame; sometimes up to a quarter of it is cut off at an edge.
+    slack = size * (0.25 if rng.random() < 0.12 else 0.0)
+    shift = np.empty(2)
+    for k, extent in enumerate((w, h)):
+        low, high = -lo[k] - slack[k], extent - hi[k] + slack[k]
+        shift[k] = rng.uniform(low, high) if high > low else (low + high) / 2
+    move = np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]])
+    return move @ hmat, outline + shift
+
+
+def _background(
+    rng: np.random.Generator, w: int, h: int, horizon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sky above `horizon` (a row, may be off-frame), water below; returns it and the water colour.
+
+    Colours vary by row only, texture by pixel only, so the (h, w, 3) image costs one product."""
+    y = np.arange(h, dtype=np.float32)[:, None]
+    sky_top = rng.uniform([0.35, 0.5, 0.65], [0.7, 0.8, 0.95]) * rng.uniform(0.7, 1.1)
+    sky_low = np.clip(sky_top + rng.uniform(0.05, 0.3), 0, 1)
+    t_sky = np.clip(y / max(horizon, 1.0), 0, 1)
+    water_far = rng.uniform([0.1, 0.2, 0.25], [0.45, 0.55, 0.65])
+    water_near = water_far * rng.uniform(0.45, 0.9, size=3)
+    depth = np.clip((y - horizon) / max(h - horizon, 1.0), 0, 1) ** 0.7
+    is_sky = y < horizon
+    rows = np.where(
+        is_sky, sky_top + (sky_low - sky_top) * t_sky, water_far + (water_near - water_far) * depth
+    ).astype(np.float32)
+    # Waves: noise stretched along the horizon, stronger near the camera; soft clouds above.
+    cells = int(rng.integers(10, 30))
+    ripples = _smooth_noise(rng, w, h, (cells, cells * 4))
+    swell = _smooth_noise(rng, w, h, (4, 6))
+    clouds = _smooth_noise(rng, w, h, (5, 3))
+    amp = (0.08 + 0.12 * depth).astype(np.float32)
+    cloud_amp = np.float32(rng.uniform(0, 0.15))
+    texture = np.where(is_sky, cloud_amp * clouds, amp * ripples + np.float32(0.06) * swell)
+    return rows[:, None, :] * (1 + texture[:, :, None]), water_near.astype(np.float32)
+
+
+def _fin_colour(rng: np.random.Generator) -> np.ndarray:
+    """The fin's base colour in this photo: any grey from dark to pale, slightly tinted."""
+    grey = rng.uniform(0.12, 0.6)
+    return np.clip(grey + rng.normal(0, 0.03, size=3), 0.02, 1).astype(np.float32)
+
+
+def _blob_mask(rng: np.random.Generator, w: int, h: int, box: np.ndarray) -> np.ndarray:
+    """Splash or wave crest over part of the fin box: a soft cluster of ellipses."""
+    mask = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(mask)
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    # Anchor at the bottom (a wave) or a side (spray drifting across).
+    ax = rng.uniform(x1, x2)
+    ay = y2 - rng.uniform(0, 0.3) * bh if rng.random() < 0.6 else rng.uniform(y1, y2)
+    for _ in range(int(rng.integers(3, 8))):
+        cx = ax + rng.normal(0, 0.2) * bw
+        cy = ay + rng.normal(0, 0.1) * bh
+        rx, ry = rng.uniform(0.08, 0.25) * bw, rng.uniform(0.05, 0.15) * bh
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(max(1.0, 0.01 * w)))
+    return np.asarray(mask, dtype=np.float32)[:, :, None] / 255
+
+
+def _glare(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    r = rng.uniform(0.05, 0.3) * max(w, h)
+    # A Gaussian is separable: two 1-D profiles and one outer product.
+    gx = np.exp(-((np.arange(w) - cx) ** 2) / (2 * r * r)).astype(np.float32)
+    gy = np.exp(-((np.arange(h) - cy) ** 2) / (2 * r * r)).astype(np.float32)
+    return (np.float32(rng.uniform(0.2, 0.7)) * gy[:, None] * gx[None, :])[:, :, None]
+
+
+def _camera_lut(rng: np.random.Generator) -> list[int]:
+    """Exposure, colour cast, haze and gamma as one 8-bit lookup table per channel."""
+    x = np.arange(256) / 255
+    gain = rng.uniform(0.7, 1.3) * rng.uniform(0.85, 1.15, size=3)
+    haze, haze_level = rng.uniform(0, 0.25), rng.uniform(0.6, 0.95)
+    gamma = rng.uniform(0.8, 1.25)
+    lut = np.clip(x[None, :] * gain[:, None], 0, 1) * (1 - haze) + haze * haze_level
+    return [int(v) for v in np.round(lut**gamma * 255).ravel()]
+
+
+def render_photo(tex: FinTexture, rng: np.random.Generator, size: tuple[int, int]) -> Photo:
+    """One photo of the textured fin, `size` = (width, height); everything else from `rng`."""
+    w, h = size
+    hmat, outline = _place(rng, tex, w, h)
+    # PIL's PERSPECTIVE wants the map from output pixels back to texture pixels.
+    inv = np.linalg.inv(hmat)
+    inv /= inv[2, 2]
+    warped = tex.image.transform(
+        (w, h), Image.Transform.PERSPECTIVE, tuple(inv.ravel()[:8]), Image.Resampling.BILINEAR
+    )
+    planes = np.asarray(warped, dtype=np.float32) * np.float32(1 / 255)
+    fin_a = planes[:, :, 1:2]
+    back_a = planes[:, :, 2:3] * np.float32(rng.random() < 0.7)  # sometimes only the fin shows
+
+    base_y = float(outline[:, 1].max())
+    horizon = rng.uniform(-0.3 * h, max(-0.3 * h + 1, base_y - 0.1 * h))
+    img, water = _background(rng, w, h, horizon)
+
+    # Light falls across the fin from one side: a gradient over the fin's extent.
+    lo, hi = outline.min(axis=0), outline.max(axis=0)
+    centre, extent = (lo + hi) / 2, max(float((hi - lo).max()), 1.0)
+    phi, strength = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.5)
+    gx = np.clip((np.arange(w) - centre[0]) * np.cos(phi) / extent, -1, 1)
+    gy = np.clip((np.arange(h) - centre[1]) * np.sin(phi) / extent, -1, 1)
+    light = (1 + strength * (gy[:, None] + gx[None, :]) / 2).astype(np.float32)
+    shade = planes[:, :, 0] * (light * np.float32(255 * _SHADE_SCALE))
+    animal = shade[:, :, None] * _fin_colour(rng)
+    img += (animal - img) * back_a
+    img += (animal - img) * fin_a
+
+    box = np.array([*np.clip(lo, 0, None), min(hi[0], w), min(hi[1], h)])
+    if rng.random() < 0.25:
+        m = _blob_mask(rng, w, h, box)
+        foam = water + (1 - water) * np.float32(rng.uniform(0.3, 0.9))
+        spray = foam * (1 + 0.15 * _smooth_noise(rng, w, h, (w // 8, h // 8))[:, :, None])
+        img += (spray - img) * m
+    if rng.random() < 0.4:
+        img += _glare(rng, w, h)
+
+    np.clip(img, 0, 1, out=img)
+    out = Image.fromarray((img * 255 + 0.5).astype(np.uint8)).point(_camera_lut(rng))
+    if rng.random() < 0.6:
+        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.4) * w / 512))
+    sigma = np.float32(rng.uniform(1, 8))
+    noisy = np.asarray(out, dtype=np.float32) + rng.standard_normal((h, w, 3), np.float32) * sigma
+    pixels = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return Photo(image=pixels, box=(x1, y1, x2, y2), fin_mask=fin_a[:, :, 0])
