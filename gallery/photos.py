@@ -1,0 +1,69 @@
+"""Original photos, kept content addressed on disk so the gallery can be re-embedded.
+
+A photo lives at `root/ab/cd/<sha256>`: its name is its hash, so storing it twice is a no-op
+and any number of processes (or replicas sharing the folder) can write without coordinating.
+A photo is written and fsynced before the database commit that refers to it; a crash in
+between leaves an unreferenced file, which is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from gallery.errors import NotFoundError
+
+__all__ = ["PhotoStore", "content_hash"]
+
+
+def content_hash(content: bytes) -> str:
+    """The name of a photo: sha256 of its bytes, hex."""
+    return hashlib.sha256(content).hexdigest()
+
+
+class PhotoStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest[2:4] / digest
+
+    def put(self, content: bytes) -> str:
+        """Store a photo durably; returns its hash."""
+        digest = content_hash(content)
+        target = self.path(digest)
+        if target.exists():
+            return digest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        # The rename is durable only once the directory entry is.
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        path = self.path(digest)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"photo {digest} is not in {self.root}: it was deleted or the gallery's photos "
+                "folder is elsewhere (set photos_dir)"
+            ) from None
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
