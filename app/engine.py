@@ -1,0 +1,241 @@
+"""The identification engine: a loaded bundle, an open gallery and the micro-batcher between them.
+
+decode (thread pool) → detect + crop + embed every ensemble member (batched, one worker thread)
+→ search + rank (thread pool) → answer. The app's lifespan builds one Engine (`Engine.load`,
+blocking: it opens sessions, restores or builds the index and warms the models up) and closes it
+at shutdown. Routes only call its async methods, so nothing heavy runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from app.batching import MicroBatcher
+from app.decode import decode_image
+from app.metrics import Metrics
+from app.pipeline import Crop, Pipeline
+from app.settings import Settings
+from app.uploads import Upload
+from gallery.gallery import Gallery
+from gallery.records import (
+    Candidate,
+    Individual,
+    IndividualDetail,
+    NewImage,
+    RegisteredImage,
+)
+
+__all__ = ["Engine", "Identification", "Registration"]
+
+log = logging.getLogger("whaleid.app")
+T = TypeVar("T")
+
+_WARMUP_SIZE = (320, 240)
+
+
+@dataclass(frozen=True)
+class Identification:
+    candidates: list[Candidate]
+    threshold: float
+    crop: Crop | None
+    timing_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Registration:
+    individual_id: str
+    images: list[tuple[RegisteredImage, str, Crop | None]]  # record, filename, crop
+
+
+class Engine:
+    def __init__(self, settings: Settings, pipeline: Pipeline, gallery: Gallery, metrics: Metrics):
+        self.settings = settings
+        self.pipeline = pipeline
+        self.gallery = gallery
+        self.metrics = metrics
+        self.ready = False
+        self.batcher: MicroBatcher[Image.Image, tuple[np.ndarray, Crop | None]] = MicroBatcher(
+            self._embed_batch,
+            max_batch=settings.max_batch,
+            max_wait=settings.max_wait_ms / 1000.0,
+            on_batch=self._observe_batch,
+            name="whaleid-embed",
+        )
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> Engine:
+        """Open the bundle and the gallery and warm the models up (blocking, seconds)."""
+        started = time.perf_counter()
+        pipeline = Pipeline.from_bundle(settings.bundle, settings.providers)
+        manifest = pipeline.manifest
+        providers = pipeline.bundle.embedders[0].providers
+        log.info(
+            "bundle %s (%s…): %d embedder(s)%s, dim %d, on %s",
+            settings.bundle,
+            manifest.fingerprint[:12],
+            len(manifest.embedders),
+            " + detector" if manifest.detector else "",
+            manifest.embedding_dim,
+            ", ".join(providers),
+        )
+        gallery = Gallery.open(
+            settings.gallery,
+            fingerprint=manifest.fingerprint,
+            dim=manifest.embedding_dim,
+            photos_dir=settings.photos_dir,
+            index=settings.index,
+            snapshot=settings.index_snapshot,
+        )
+        log.info("gallery %s: %d images in the index", _redact(settings.gallery), gallery.size)
+        engine = cls(settings, pipeline, gallery, metrics)
+        if settings.warmup:
+            # First runs allocate arenas and pick kernels (seconds on a GPU): pay that now,
+            # before /readyz says yes, not on the first user's request.
+            photo = Image.new("RGB", _WARMUP_SIZE, (90, 110, 130))
+            engine._embed_batch([photo])
+            engine._embed_batch([photo] * min(settings.max_batch, 4))
+        metrics.track_gallery(lambda: float(engine.gallery.size))
+        log.info("ready in %.1f s", time.perf_counter() - started)
+        return engine
+
+    @property
+    def providers(self) -> list[str]:
+        return self.pipeline.bundle.embedders[0].providers
+
+    async def start(self) -> None:
+        self.batcher.start()
+        if self.settings.refresh_seconds > 0:
+            # Other workers and replicas write to the same store: follow their changes.
+            self.gallery.follow(interval=self.settings.refresh_seconds)
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        await self.batcher.close()
+        # Stops the follower and writes the index snapshot when one is configured.
+        await run_in_threadpool(self.gallery.close)
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def _embed_batch(self, images: list[Image.Image]) -> list[tuple[np.ndarray, Crop | None]]:
+        embedded = self.pipeline.embed(images)
+        return list(zip(embedded.vectors, embedded.crops, strict=True))
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_seconds.observe(seconds)
+
+    async def _gallery(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # The gallery is thread-safe (searches concurrent, updates alone); its store and faiss
+        # calls block, so they run in the thread pool.
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    async def decode(self, upload: Upload) -> Image.Image:
+        return await run_in_threadpool(
+            decode_image,
+            upload.content,
+            max_pixels=self.settings.max_pixels,
+            draft_side=self.settings.draft_side,
+            name=upload.filename or "image",
+        )
+
+    # -- what routes call ---------------------------------------------------------------------
+
+    async def identify(self, upload: Upload, *, top_k: int, species: str | None) -> Identification:
+        timing: dict[str, float] = {}
+        start = time.perf_counter()
+        image = await self.decode(upload)
+        decoded = time.perf_counter()
+        (vector, crop), waited = await self.batcher.submit(image)
+        embedded = time.perf_counter()
+        threshold = self.pipeline.manifest.threshold_for(species)
+        (candidates,) = await self._gallery(
+            self.gallery.search, vector[None, :], top_k=top_k, threshold=threshold, species=species
+        )
+        done = time.perf_counter()
+        timing["decode"] = (decoded - start) * 1000
+        timing["queue"] = waited * 1000
+        timing["embed"] = (embedded - decoded - waited) * 1000
+        timing["search"] = (done - embedded) * 1000
+        timing["total"] = (done - start) * 1000
+        return Identification(
+            candidates=list(candidates),
+            threshold=threshold,
+            crop=crop,
+            timing_ms={k: round(v, 2) for k, v in timing.items()},
+        )
+
+    async def register(
+        self,
+        uploads: Sequence[Upload],
+        *,
+        individual_id: str,
+        species: str | None,
+        encounter: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> Registration:
+        # Every photo is decoded before any is embedded: one bad photo refuses the request
+        # and nothing is stored.
+        images = [await self.decode(u) for u in uploads]
+        embedded = await asyncio.gather(*(self.batcher.submit(img) for img in images))
+        new = [
+            NewImage(
+                content=u.content,
+                filename=u.filename,
+                vector=vector,
+                encounter=encounter,
+                box=None if crop is None else crop.box,
+            )
+            for u, ((vector, crop), _) in zip(uploads, embedded, strict=True)
+        ]
+        registered = await self._gallery(
+            self.gallery.register,
+            individual_id=individual_id,
+            species=species,
+            images=new,
+            metadata=metadata,
+        )
+        crops = [crop for (_, crop), _ in embedded]
+        return Registration(
+            individual_id=individual_id,
+            images=[(r, u.filename, c) for r, u, c in zip(registered, uploads, crops, strict=True)],
+        )
+
+    async def individuals(
+        self, *, limit: int, offset: int, species: str | None
+    ) -> list[Individual]:
+        return list(
+            await self._gallery(
+                self.gallery.individuals, limit=limit, offset=offset, species=species
+            )
+        )
+
+    async def individual(self, individual_id: str) -> IndividualDetail:
+        return await self._gallery(self.gallery.individual, individual_id)
+
+    async def delete_individual(self, individual_id: str) -> None:
+        await self._gallery(self.gallery.delete_individual, individual_id)
+
+    async def delete_image(self, image_id: int) -> None:
+        await self._gallery(self.gallery.delete_image, image_id)
+
+
+def _redact(url: str) -> str:
+    """A store URL fit for a log line: no password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}"
+    return url

@@ -1,0 +1,167 @@
+"""The gallery over HTTP: register photos of an individual, list, show and delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
+
+from app.deps import EngineDep, ReadAccess, SettingsDep, WriteAccess
+from app.errors import ApiError, responses
+from app.routes.identify import crop_out
+from app.schemas import (
+    ImageOut,
+    IndividualDetailOut,
+    IndividualOut,
+    IndividualPage,
+    RegisteredImageOut,
+    RegisterResponse,
+)
+from app.uploads import read_upload
+from gallery.rank import NEW_INDIVIDUAL
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/gallery", tags=["gallery"])
+
+# Ids travel in URLs and CSVs: letters, digits and a few separators, no spaces or slashes.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+IndividualId = Annotated[
+    str, Path(pattern=ID_PATTERN, description="the individual's id", examples=["fin_0042"])
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RegisterResponse,
+    summary="Register photos of an individual (new or known)",
+    responses=responses(400, 401, 403, 409, 413, 415, 422, 503),
+)
+async def register(
+    _key: WriteAccess,
+    engine: EngineDep,
+    settings: SettingsDep,
+    image: Annotated[
+        list[UploadFile], File(description="one or more photos of the same individual")
+    ],
+    individual_id: Annotated[
+        str,
+        Form(pattern=ID_PATTERN, description="a new id, or a known one to add photos to"),
+    ],
+    species: Annotated[str | None, Form(max_length=200, description="its species")] = None,
+    encounter: Annotated[
+        str | None, Form(max_length=200, description="the encounter (survey, date, place)")
+    ] = None,
+    metadata: Annotated[
+        str | None, Form(max_length=10_000, description="a JSON object stored with it")
+    ] = None,
+) -> RegisterResponse:
+    """Embed each photo and store it with the individual. Durable when it answers: a photo
+    registered here ranks its individual from the next request on, also after a restart."""
+    if individual_id == NEW_INDIVIDUAL:
+        raise ApiError(422, f"individual_id: {NEW_INDIVIDUAL!r} is reserved for the answer")
+    if len(image) > settings.max_images:
+        raise ApiError(422, f"image: at most {settings.max_images} photos per request")
+    uploads = [await read_upload(f, default=f"image-{i}") for i, f in enumerate(image)]
+    result = await engine.register(
+        uploads,
+        individual_id=individual_id,
+        species=species or None,
+        encounter=encounter or None,
+        metadata=_json_object(metadata),
+    )
+    return RegisterResponse(
+        individual_id=result.individual_id,
+        images=[
+            RegisteredImageOut(
+                image_id=record.image_id,
+                filename=filename,
+                created=record.created,
+                crop=crop_out(crop),
+            )
+            for record, filename, crop in result.images
+        ],
+    )
+
+
+@router.get(
+    "/individuals",
+    response_model=IndividualPage,
+    summary="List individuals",
+    responses=responses(401, 403, 422, 503),
+)
+async def list_individuals(
+    _key: ReadAccess,
+    engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
+    offset: Annotated[int, Query(ge=0, description="how many to skip")] = 0,
+    species: Annotated[str | None, Query(max_length=200, description="only this species")] = None,
+) -> IndividualPage:
+    items = await engine.individuals(limit=limit, offset=offset, species=species)
+    return IndividualPage(
+        items=[IndividualOut.model_validate(i) for i in items], limit=limit, offset=offset
+    )
+
+
+@router.get(
+    "/individuals/{individual_id}",
+    response_model=IndividualDetailOut,
+    summary="One individual and its images",
+    responses=responses(401, 403, 404, 422, 503),
+)
+async def get_individual(
+    _key: ReadAccess, engine: EngineDep, individual_id: IndividualId
+) -> IndividualDetailOut:
+    detail = await engine.individual(individual_id)
+    return IndividualDetailOut(
+        id=detail.id,
+        species=detail.species,
+        created=detail.created,
+        metadata=detail.metadata,
+        image_count=detail.image_count,
+        images=[ImageOut.model_validate(i) for i in detail.images],
+    )
+
+
+@router.delete(
+    "/individuals/{individual_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete an individual and all its images",
+    responses=responses(401, 403, 404, 422, 503),
+)
+async def delete_individual(
+    _key: WriteAccess, engine: EngineDep, individual_id: IndividualId
+) -> Response:
+    await engine.delete_individual(individual_id)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/images/{image_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete one image",
+    responses=responses(401, 403, 404, 422, 503),
+)
+async def delete_image(
+    _key: WriteAccess,
+    engine: EngineDep,
+    image_id: Annotated[int, Path(ge=0, description="the image's id")],
+) -> Response:
+    await engine.delete_image(image_id)
+    return Response(status_code=204)
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, f"metadata: not JSON ({exc.msg} at {exc.pos})") from exc
+    if not isinstance(value, dict):
+        raise ApiError(422, "metadata: must be a JSON object")
+    return value

@@ -1,0 +1,133 @@
+"""What the HTTP API answers, as pydantic models: the contract of DESIGN.md, described field by
+field for the OpenAPI page at /docs. Domain records (gallery.records) become these at the edge."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "CropOut",
+    "ErrorDetail",
+    "ErrorResponse",
+    "Evidence",
+    "Health",
+    "IdentifyResponse",
+    "ImageOut",
+    "IndividualDetailOut",
+    "IndividualOut",
+    "IndividualPage",
+    "Prediction",
+    "Readiness",
+    "RegisterResponse",
+    "RegisteredImageOut",
+]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="machine-readable: unreadable_image, missing_key, forbidden, not_found, "
+        "conflict, too_large, unsupported_media_type, invalid_field, not_ready, internal",
+        examples=["unsupported_media_type"],
+    )
+    message: str = Field(description="what went wrong, for a person", examples=["photo is GIF"])
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+class Evidence(BaseModel):
+    image_id: int = Field(description="the gallery image most similar to the query")
+    similarity: float = Field(description="cosine similarity of that image to the query")
+
+
+class Prediction(BaseModel):
+    individual_id: str = Field(
+        description="a known individual, or `new_individual` where the threshold ranks it"
+    )
+    score: float = Field(
+        description="the individual's best similarity; for new_individual, the threshold"
+    )
+    species: str | None = Field(None, description="the individual's species, when known")
+    evidence: Evidence | None = Field(
+        None, description="the gallery image that gave the score (null for new_individual)"
+    )
+
+
+class CropOut(BaseModel):
+    box: tuple[float, float, float, float] = Field(
+        description="x1, y1, x2, y2 in pixels of the upright photo"
+    )
+    confidence: float = Field(description="the detector's confidence")
+
+
+class IdentifyResponse(BaseModel):
+    predictions: list[Prediction] = Field(
+        description="top_k candidates, best first; `new_individual` is one of them"
+    )
+    threshold: float = Field(description="similarity under which new_individual ranks first")
+    crop: CropOut | None = Field(
+        description="where the photo was cropped; null when the whole photo was used"
+    )
+    model: str = Field(description="the bundle's fingerprint")
+    timing_ms: dict[str, float] = Field(
+        description="milliseconds spent: decode, queue (waiting for a batch), embed, search, total"
+    )
+
+
+class RegisteredImageOut(BaseModel):
+    image_id: int
+    filename: str
+    created: bool = Field(description="false when this exact photo was already registered")
+    crop: CropOut | None = Field(description="where the photo was cropped for its embedding")
+
+
+class RegisterResponse(BaseModel):
+    individual_id: str
+    images: list[RegisteredImageOut] = Field(description="one per uploaded photo, in order")
+
+
+class ImageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    filename: str
+    encounter: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    created: datetime
+
+
+class IndividualOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    species: str | None = None
+    created: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    image_count: int
+
+
+class IndividualDetailOut(IndividualOut):
+    images: list[ImageOut] = Field(default_factory=list)
+
+
+class IndividualPage(BaseModel):
+    items: list[IndividualOut]
+    limit: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: str = Field("ok", description="the process is up and answering")
+
+
+class Readiness(BaseModel):
+    status: str = Field("ready", description="ready (a 503 error answers otherwise)")
+    model: str | None = Field(None, description="the bundle's fingerprint")
+    providers: list[str] = Field(default_factory=list, description="onnxruntime providers in use")
+    gallery_size: int | None = Field(None, description="images in the search index")

@@ -1,0 +1,168 @@
+"""The service's settings: `WHALEID_*` environment variables and an optional `.env` file.
+
+One typed object, validated when the service starts, so a wrong setting stops it with a message
+naming the variable instead of failing on the first request. Nothing is read at import: the app
+factory and `whaleid serve` build a Settings when they need one (tests build their own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.decode import DEFAULT_DRAFT_SIDE, DEFAULT_MAX_PIXELS
+from app.keys import KeyRecord
+from app.manifest import MANIFEST_NAME
+from gallery.errors import WhaleidError
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+
+ENV_PREFIX = "WHALEID_"
+
+
+class SettingsError(WhaleidError):
+    """A setting is missing or wrong; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Each field is `WHALEID_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # What to serve.
+    bundle: Path = Field(description="model bundle folder (holds manifest.json)")
+    gallery: str = Field(
+        "sqlite:///gallery.db",
+        description="gallery store URL: sqlite:///path.db or postgresql://user@host/db",
+    )
+    photos_dir: Path | None = Field(
+        None, description="where registered photos are kept (evidence thumbnails); none: not kept"
+    )
+    index: Literal["flat", "hnsw"] = Field(
+        "flat", description="faiss index: flat (exact) or hnsw (approximate, for millions)"
+    )
+    index_snapshot: Path | None = Field(
+        None, description="file to restore the index from at start and save it to at stop"
+    )
+    refresh_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="how often to pick up gallery changes made by other workers or replicas "
+        "(0: never)",
+    )
+
+    # Inference.
+    providers: list[str] | None = Field(
+        None,
+        description='onnxruntime providers in order, e.g. ["cuda"] or ["tensorrt", "cuda"]; '
+        "default: CUDA when present, else CPU",
+    )
+    max_batch: int = Field(16, ge=1, le=1024, description="most photos embedded in one call")
+    max_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long a batch waits for more photos before it runs"
+    )
+    warmup: bool = Field(True, description="run the models once at start, before /readyz is ok")
+
+    # Uploads.
+    max_upload_bytes: int = Field(
+        20_000_000, gt=0, description="largest request body accepted, in bytes (else 413)"
+    )
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, gt=0, description="largest photo, in pixels, checked before decoding"
+    )
+    draft_side: int | None = Field(
+        DEFAULT_DRAFT_SIDE,
+        gt=0,
+        description="large JPEGs are decoded at reduced scale down to this longer side",
+    )
+    max_images: int = Field(32, ge=1, description="most photos in one POST /gallery")
+
+    # Access.
+    keys_file: Path | None = Field(
+        None, description="JSON file of hashed API keys, as written by 'whaleid keys create'"
+    )
+    api_keys: list[KeyRecord] = Field(
+        default_factory=list,
+        description="hashed API keys as JSON (same records as the keys file)",
+    )
+    open_identify: bool = Field(
+        False, description="let POST /identify and gallery reads run without a key"
+    )
+
+    # Server.
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (each loads the models)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    review_page: bool = Field(True, description="serve the review page at /review")
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle_is_a_bundle(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        if not (value / MANIFEST_NAME).is_file():
+            raise ValueError(f"{value} is not a model bundle: it has no {MANIFEST_NAME}")
+        return value
+
+    @field_validator("keys_file")
+    @classmethod
+    def _keys_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(
+                f"{value} does not exist; make one with 'whaleid keys create --file {value}'"
+            )
+        return value
+
+    @field_validator("gallery")
+    @classmethod
+    def _gallery_is_a_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError(
+                f"{value!r} is not a gallery URL: use sqlite:///path/to/gallery.db or "
+                "postgresql://user:password@host:5432/database"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _photos_dir_usable(self) -> Settings:
+        if (
+            self.photos_dir is not None
+            and self.photos_dir.exists()
+            and not self.photos_dir.is_dir()
+        ):
+            raise ValueError(f"photos_dir {self.photos_dir} exists and is not a folder")
+        return self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `.env`, with `overrides` on top; a SettingsError names
+    each variable that is missing or wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from exc
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem, naming the WHALEID_* variable."""
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a setting (check the spelling)"
+        lines.append(f"{name} {message}" if message == "is required" else f"{name}: {message}")
+    return "invalid settings: " + "; ".join(lines)
