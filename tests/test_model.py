@@ -98,7 +98,7 @@ def test_transform_records_the_normalisation_of_the_weights() -> None:
 
 
 def test_config_errors_name_the_option() -> None:
-    with pytest.raises(WhaleidError, match="model.backbone"):
+    with pytest.raises(WhaleidError, match=r"model\.backbone"):
         EmbeddingModel(ModelConfig(backbone="no_such_net"))
     with pytest.raises(ValueError, match="extra"):
         ModelConfig.model_validate({"backbone": "resnet18", "neck": "bn"})
