@@ -1,0 +1,58 @@
+"""The trained detector through ultralytics (torch): the reference the ONNX path is held to.
+
+Same contract as `app.detector.OnnxDetector.detect`: one `Crop` (the most confident box of any
+class, in original-photo pixels) or None per photo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from app.pipeline import Crop
+from training.detector import yolo
+
+__all__ = ["TorchDetector"]
+
+
+class TorchDetector:
+    def __init__(
+        self, weights: Path, *, imgsz: int, confidence: float, device: str | None = None
+    ) -> None:
+        self.imgsz = imgsz
+        self.confidence = confidence
+        self.device = device
+        self._model = yolo.load().YOLO(str(weights), task="detect")
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self._model.names
+        return [names[i] for i in sorted(names)]
+
+    def detect(self, images: Sequence[Image.Image]) -> list[Crop | None]:
+        """The best box of each photo (RGB PIL images, as `app.decode` gives them)."""
+        if not images:
+            return []
+        with yolo.offline():
+            results = self._model.predict(
+                list(images),
+                imgsz=self.imgsz,
+                conf=self.confidence,
+                device=self.device,
+                max_det=10,
+                verbose=False,
+                save=False,
+            )
+        crops: list[Crop | None] = []
+        for result in results:
+            confidences = result.boxes.conf.cpu().numpy()
+            if len(confidences) == 0:
+                crops.append(None)
+                continue
+            top = int(np.argmax(confidences))
+            x1, y1, x2, y2 = (float(v) for v in result.boxes.xyxy[top].cpu().numpy())
+            crops.append(Crop(box=(x1, y1, x2, y2), confidence=float(confidences[top])))
+        return crops
