@@ -1,0 +1,149 @@
+"""`whaleid predict`: identify a folder of photos against a gallery, to a submission CSV.
+
+It runs the service's own steps (app.pipeline.Pipeline: detect, crop, embed; Gallery.search:
+rank with new_individual at the bundle's threshold) on batches of photos, so a photo gets the
+same five answers here as from POST /identify. The CSV is Happywhale's submission format:
+`image,predictions` with five space-separated individual ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from app.decode import open_image
+from app.pipeline import Pipeline
+from gallery.errors import WhaleidError
+
+__all__ = ["IMAGE_SUFFIXES", "build_parser", "gallery_url", "list_images", "run"]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"})
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Identify every photo of a folder against a gallery and write "
+        "image,predictions (five space-separated ids, new_individual among them) to a CSV.",
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
+    parser.add_argument(
+        "--gallery",
+        required=True,
+        help="gallery store: a SQLite file path, sqlite:///path.db or postgresql://...",
+    )
+    parser.add_argument("--images", type=Path, required=True, help="folder of photos to identify")
+    parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    parser.add_argument("--top-k", type=int, default=5, help="ids per photo (default 5)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="new_individual threshold (default: the bundle's tuned one)",
+    )
+    parser.add_argument("--species", default=None, help="only rank individuals of this species")
+    parser.add_argument("--batch-size", type=int, default=32, help="photos per model call")
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        default=None,
+        help="onnxruntime providers, e.g. cuda cpu (default: CUDA when present, else CPU)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def gallery_url(value: str) -> str:
+    """A store URL as given, or a file path turned into sqlite:///absolute/path."""
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The photos directly in `folder` (by suffix), sorted by name."""
+    if not folder.is_dir():
+        raise WhaleidError(f"--images {folder} is not a folder")
+    photos = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not photos:
+        accepted = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise WhaleidError(f"--images {folder} holds no photos ({accepted})")
+    return photos
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _decode(path: Path) -> Image.Image | WhaleidError:
+    try:
+        return open_image(path)
+    except WhaleidError as exc:
+        return exc
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: gallery.gallery pulls in faiss, which `whaleid predict --help` needs not.
+    from gallery.gallery import Gallery
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise WhaleidError("--top-k and --batch-size must be at least 1")
+    pipeline = Pipeline.from_bundle(args.bundle, args.providers)
+    threshold = pipeline.manifest.threshold if args.threshold is None else args.threshold
+    photos = list_images(args.images)
+    gallery = Gallery.open(
+        gallery_url(args.gallery), fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim
+    )
+    rows: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    progress = tqdm(total=len(photos), unit="photo", disable=args.quiet, file=sys.stderr)
+    # Decoding overlaps with inference: Pillow releases the GIL while it decodes.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for batch in _chunks(photos, args.batch_size):
+            decoded = list(pool.map(_decode, batch))
+            for path, result in zip(batch, decoded, strict=True):
+                if isinstance(result, WhaleidError):
+                    skipped.append(path.name)
+                    progress.write(f"skipped {path.name}: {result}", file=sys.stderr)
+            good = [
+                (p, img)
+                for p, img in zip(batch, decoded, strict=True)
+                if isinstance(img, Image.Image)
+            ]
+            if good:
+                vectors = pipeline.embed([img for _, img in good]).vectors
+                answers = gallery.search(
+                    vectors, top_k=args.top_k, threshold=threshold, species=args.species
+                )
+                rows += [
+                    (path.name, " ".join(c.individual_id for c in candidates))
+                    for (path, _), candidates in zip(good, answers, strict=True)
+                ]
+            progress.update(len(batch))
+    progress.close()
+    _write_csv(args.out, rows)
+    note = f", {len(skipped)} unreadable photo(s) left out" if skipped else ""
+    print(f"wrote {len(rows)} rows to {args.out}{note}", file=sys.stderr)
+    return 0
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+    """Write via a temporary file, so an interrupted run never leaves half a submission."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "predictions"])
+        writer.writerows(rows)
+    partial.replace(path)

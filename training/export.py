@@ -1,0 +1,405 @@
+"""Training runs → a model bundle: ONNX embedders and detector, checked, with their manifest.
+
+Each embedder goes to ONNX with the TorchScript-based exporter (`torch.onnx.export(...,
+dynamo=False)`, opset 17, dynamic batch axis): the torch.export-based one needs onnxscript,
+which the training extra does not install, and the legacy one handles every timm CNN we train.
+fp16 is onnxruntime's own graph converter (`onnxruntime.transformers.float16`), with fp16
+inputs and outputs, GeM's power and mean kept in fp32 (x³ of activations overflows fp16).
+
+Export checks itself: the same catalogue photos go through the torch model and through
+`app.embedder.OnnxEmbedder`, the class serving runs, and the export fails unless every cosine
+reaches 0.999 (fp32) or 0.995 (fp16). With several runs the new_individual threshold is
+re-tuned on their shared open-set validation, embedded by the bundle's own onnxruntime
+pipeline (serving's embeddings, ensemble included), with `training.evaluate`'s sweep.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image
+from torch import nn
+
+from app.decode import open_image
+from app.embedder import INPUT_NAME, OUTPUT_NAME, OnnxEmbedder
+from app.manifest import (
+    MANIFEST_NAME,
+    BundleError,
+    DetectorSpec,
+    EmbedderSpec,
+    Manifest,
+    file_digests,
+    fingerprint_files,
+)
+from app.pipeline import Pipeline
+from app.preprocess import EmbedTransform, to_batch
+from gallery.errors import WhaleidError
+from gallery.metrics import SweepResult
+from training.catalogue import Photo, read_photo
+from training.evaluate import EmbeddedSet, summary, sweep, write_sweep_csv
+from training.runs import Run
+from training.splits import EvalSet
+
+__all__ = [
+    "FP16_MIN_COSINE",
+    "FP32_MIN_COSINE",
+    "OPSET",
+    "ExportError",
+    "ExportReport",
+    "Parity",
+    "check_parity",
+    "export_bundle",
+    "export_embedder",
+    "retune_threshold",
+]
+
+OPSET = 17
+FP32_MIN_COSINE = 0.999
+FP16_MIN_COSINE = 0.995
+PARITY_PHOTOS = 16
+SWEEP_PNG = "sweep.png"
+SWEEP_CSV = "sweep.csv"
+_EMBED_BATCH = 32
+# Ops kept in fp32 in fp16 models: GeM's x^p and its mean over positions overflow fp16.
+_FP32_OPS = ["Pow", "ReduceMean"]
+
+
+class ExportError(WhaleidError):
+    """The runs cannot be exported, or the exported models disagree with torch."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Cosine between torch and onnxruntime embeddings of the same photos."""
+
+    file: str
+    photos: int
+    min_cosine: float
+    mean_cosine: float
+    required: float
+
+    @property
+    def ok(self) -> bool:
+        return self.min_cosine >= self.required
+
+
+@dataclass
+class ExportReport:
+    """What `export_bundle` made: the manifest, each embedder's parity, the sweep if re-tuned."""
+
+    bundle: Path
+    manifest: Manifest
+    parity: list[Parity] = field(default_factory=list)
+    sweep: SweepResult | None = None
+
+
+def export_embedder(
+    model: nn.Module, input_size: tuple[int, int], out_file: Path, *, fp16: bool = False
+) -> None:
+    """Write `model` (N, 3, H, W) → (N, D) as ONNX with a dynamic batch axis, fp32 or fp16."""
+    model = model.float().eval().cpu()
+    height, width = input_size
+    # Batch 2 while tracing, so nothing can specialise on a batch of one.
+    example = torch.zeros(2, 3, height, width)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter is deprecated in favour of dynamo (needs onnxscript): see top.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(out_file),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    graph = onnx.load(str(out_file))
+    if fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        graph = convert_float_to_float16(graph, keep_io_types=False, op_block_list=_FP32_OPS)
+        _sort_topologically(graph.graph)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(out_file))
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Put nodes in dependency order: the fp16 converter appends the casts it inserts around
+    fp32 ops at the end of the graph, which ONNX forbids."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ExportError("the fp16 graph has a cycle or an undefined input")
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        done = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in done]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_file: Path,
+    spec: EmbedderSpec,
+    crops: Sequence[Image.Image],
+    *,
+    required: float,
+    providers: Sequence[str] | None = None,
+) -> Parity:
+    """Embed `crops` with torch and with serving's OnnxEmbedder; fail below `required`.
+
+    Raw model outputs are compared (cosine is blind to scale), in one batch larger than the
+    tracing batch, so the dynamic batch axis is exercised too.
+    """
+    batch = to_batch(list(crops), spec.transform)
+    with torch.no_grad():
+        expected = model.float().eval()(torch.from_numpy(batch)).numpy()
+    try:
+        actual = OnnxEmbedder(onnx_file, spec, providers).run(batch)
+    except BundleError as exc:
+        msg = f"exported {onnx_file.name} does not load as serving loads it: {exc}"
+        raise ExportError(msg) from exc
+    cosine = np.sum(_unit(expected) * _unit(actual), axis=1)
+    parity = Parity(
+        file=onnx_file.name,
+        photos=len(crops),
+        min_cosine=float(cosine.min()),
+        mean_cosine=float(cosine.mean()),
+        required=required,
+    )
+    if not parity.ok:
+        raise ExportError(
+            f"parity check failed for {onnx_file.name}: onnxruntime and torch embeddings of "
+            f"{parity.photos} photos agree to cosine {parity.min_cosine:.5f} at worst "
+            f"(mean {parity.mean_cosine:.5f}), {required - parity.min_cosine:.5f} short of "
+            f"the {required} required"
+        )
+    return parity
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _parity_photos(run: Run, count: int) -> list[Photo]:
+    """Photos of the run's catalogue for the parity check: held-out ones first (never trained
+    on, so as varied as what serving will see), topped up from the rest."""
+    photos = run.photos
+    held = set(run.splits.open_set.queries)
+    ordered = [p for p in photos if p.image in held] + [p for p in photos if p.image not in held]
+    if not ordered:
+        raise ExportError(f"run {run.path} lists no catalogue photos for the parity check")
+    return ordered[:count]
+
+
+def _same_open_set(runs: Sequence[Run]) -> EvalSet:
+    """The open-set validation every run shares; refuses runs that held out different ones."""
+    first = runs[0].open_set_split()
+    names = ([p.image for p in first.gallery], [p.image for p in first.queries])
+    for run in runs[1:]:
+        other = run.open_set_split()
+        if ([p.image for p in other.gallery], [p.image for p in other.queries]) != names:
+            raise ExportError(
+                f"runs {runs[0].path} and {run.path} hold out different open-set validations "
+                "(catalogue, seed or data.open_set_* differ), so the ensemble's threshold cannot "
+                "be tuned on them: train the runs with the same catalogue, seed and data split"
+            )
+    return first
+
+
+def _common(runs: Sequence[Run], what: str, values: list[Any]) -> Any:
+    if any(v != values[0] for v in values[1:]):
+        shown = ", ".join(f"{r.path.name}: {v}" for r, v in zip(runs, values, strict=True))
+        raise ExportError(f"the runs differ in {what} ({shown}); an ensemble needs one")
+    return values[0]
+
+
+def retune_threshold(
+    pipeline: Pipeline, runs: Sequence[Run], bundle_dir: Path
+) -> tuple[SweepResult, dict[str, float]]:
+    """Sweep the ensemble's threshold on the runs' shared open-set validation.
+
+    Photos are embedded by the bundle's own pipeline exactly as serving will embed them:
+    gallery photos with their catalogue boxes (as `whaleid gallery import` registers them),
+    queries as photos arrive at POST /identify and `whaleid predict`, cropped by the bundle's
+    detector (whole photos when it has none). So the threshold and the figures are those of
+    the service on these photos. kNN, sweep grid and summary are training.evaluate's (the
+    first run's eval settings). Writes sweep.png and sweep.csv into the bundle.
+    """
+    from training.plots import plot_sweep
+
+    eval_set = _same_open_set(runs)
+
+    def embed(photos: list[Photo], with_boxes: bool) -> np.ndarray:
+        chunks = [np.zeros((0, pipeline.embedding_dim), dtype=np.float32)]
+        for start in range(0, len(photos), _EMBED_BATCH):
+            part = photos[start : start + _EMBED_BATCH]
+            images = [open_image(p.path) for p in part]
+            boxes = [p.box for p in part] if with_boxes else None
+            chunks.append(pipeline.embed(images, boxes=boxes).vectors)
+        return np.concatenate(chunks)
+
+    embedded = EmbeddedSet(
+        eval_set, embed(eval_set.gallery, with_boxes=True), embed(eval_set.queries, False)
+    )
+    result = sweep(embedded, runs[0].config.eval)
+    figures = {k: float(v) for k, v in summary(result, eval_set).items() if v is not None}
+    plot_sweep(result, bundle_dir / SWEEP_PNG, title=f"ensemble of {len(runs)}: threshold sweep")
+    write_sweep_csv(result, bundle_dir / SWEEP_CSV)
+    return result, figures
+
+
+def _single_run_figures(run: Run) -> dict[str, float]:
+    figures = run.evaluation
+    return {
+        k: float(v)
+        for k, v in figures.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _write_manifest(bundle_dir: Path, manifest: Manifest) -> Manifest:
+    files = manifest.model_files
+    manifest = manifest.model_copy(
+        update={
+            "file_digests": file_digests(bundle_dir, files),
+            "fingerprint": fingerprint_files(bundle_dir, files),
+        }
+    )
+    manifest.write(bundle_dir)
+    return manifest
+
+
+def export_bundle(
+    run_dirs: Sequence[Path],
+    out: Path,
+    *,
+    detector_run: Path | None = None,
+    fp16: bool = False,
+    weights: Sequence[float] | None = None,
+    parity_photos: int = PARITY_PHOTOS,
+    checkpoint: str = "best",
+    providers: Sequence[str] | None = None,
+) -> ExportReport:
+    """Export runs (an ensemble when several) and an optional detector run to a bundle at `out`.
+
+    The bundle is built in `out`.partial and moved into place only when every check passed, so
+    a failed export leaves no half bundle behind.
+    """
+    if not run_dirs:
+        raise ExportError("no --run given")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"--out {out} exists and is not empty; choose a new folder")
+    weights = list(weights) if weights else [1.0] * len(run_dirs)
+    if len(weights) != len(run_dirs) or any(w <= 0 for w in weights):
+        raise ExportError(f"--weight: give one positive weight per --run ({len(run_dirs)})")
+    runs = [Run(path) for path in run_dirs]
+    for run in runs:
+        if "threshold" not in run.evaluation:
+            raise ExportError(f"run {run.path} has not been evaluated: run 'whaleid evaluate'")
+    padding = _common(runs, "data.box_padding", [r.config.data.box_padding for r in runs])
+    if len(runs) > 1:
+        _same_open_set(runs)  # refuse early, before minutes of exporting
+
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        report = _export_into(
+            work, runs, weights, detector_run, fp16, padding, parity_photos, checkpoint, providers
+        )
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    work.rename(out)
+    report.bundle = out
+    return report
+
+
+def _export_into(
+    work: Path,
+    runs: Sequence[Run],
+    weights: Sequence[float],
+    detector_run: Path | None,
+    fp16: bool,
+    padding: float,
+    parity_photos: int,
+    checkpoint: str,
+    providers: Sequence[str] | None,
+) -> ExportReport:
+    required = FP16_MIN_COSINE if fp16 else FP32_MIN_COSINE
+    specs: list[EmbedderSpec] = []
+    parities: list[Parity] = []
+    for i, (run, weight) in enumerate(zip(runs, weights, strict=True)):
+        model = run.load_embedder(checkpoint)
+        transform: EmbedTransform = run.transform()
+        name = f"embedder-{i}-{run.config.model.backbone}.onnx"
+        export_embedder(model, transform.input_size, work / name, fp16=fp16)
+        spec = EmbedderSpec(
+            file=name,
+            timm_name=run.config.model.backbone,
+            transform=transform,
+            output_dim=int(model.embedding_size),
+            weight=weight,
+            flip_tta=run.config.eval.flip_tta,
+        )
+        crops = [read_photo(p, padding) for p in _parity_photos(run, parity_photos)]
+        parities.append(check_parity(model, work / name, spec, crops, required=required))
+        specs.append(spec)
+
+    detector: DetectorSpec | None = None
+    if detector_run is not None:
+        from training.detector.export import export_detector
+
+        # The embedders were trained on crops grown by data.box_padding: detected boxes too.
+        detector = export_detector(Path(detector_run), work / "detector.onnx")
+        detector = detector.model_copy(update={"file": "detector.onnx", "padding": padding})
+
+    labels = [run.labels for run in runs]
+    manifest = _write_manifest(
+        work,
+        Manifest(
+            fingerprint="",
+            detector=detector,
+            embedders=specs,
+            embedding_dim=sum(s.output_dim for s in specs),
+            box_padding=padding,
+            threshold=runs[0].threshold,
+            species=sorted({s for lab in labels for s in lab.species}),
+            cv_metrics=_single_run_figures(runs[0]),
+            training_configs=[run.config.model_dump(mode="json") for run in runs],
+        ),
+    )
+    result = None
+    if len(runs) > 1:
+        pipeline = Pipeline.from_bundle(work, list(providers) if providers else None)
+        result, figures = retune_threshold(pipeline, runs, work)
+        manifest = _write_manifest(
+            work,
+            manifest.model_copy(update={"threshold": result.best_threshold, "cv_metrics": figures}),
+        )
+    # Read back as serving will: files, fingerprint and every session's inputs and outputs.
+    Pipeline.from_bundle(work, list(providers) if providers else None)
+    if not (work / MANIFEST_NAME).is_file():
+        raise ExportError(f"{work / MANIFEST_NAME} was not written")
+    return ExportReport(bundle=work, manifest=manifest, parity=parities, sweep=result)
