@@ -372,8 +372,7 @@ def _export_into(
         from training.detector.export import export_detector
 
         # The embedders were trained on crops grown by data.box_padding: detected boxes too.
-        detector = export_detector(Path(detector_run), work / "detector.onnx")
-        detector = detector.model_copy(update={"file": "detector.onnx", "padding": padding})
+        detector = export_detector(Path(detector_run), work / "detector.onnx", padding=padding)
 
     labels = [run.labels for run in runs]
     manifest = _write_manifest(

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from tqdm import tqdm
@@ -22,6 +23,9 @@ from tqdm import tqdm
 from app.decode import open_image
 from app.pipeline import Pipeline
 from gallery.errors import WhaleidError
+
+if TYPE_CHECKING:
+    from gallery.gallery import Gallery
 
 __all__ = ["IMAGE_SUFFIXES", "build_parser", "gallery_url", "list_images", "run"]
 
@@ -102,9 +106,36 @@ def run(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_bundle(args.bundle, args.providers)
     threshold = pipeline.manifest.threshold if args.threshold is None else args.threshold
     photos = list_images(args.images)
-    gallery = Gallery.open(
-        gallery_url(args.gallery), fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim
-    )
+    url = gallery_url(args.gallery)
+    _check_sqlite_exists(url)
+    with Gallery.open(url, fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim) as gallery:
+        rows, skipped = _identify(args, pipeline, gallery, photos, threshold)
+    _write_csv(args.out, rows)
+    note = f", {len(skipped)} unreadable photo(s) left out" if skipped else ""
+    print(f"wrote {len(rows)} rows to {args.out}{note}", file=sys.stderr)
+    return 0
+
+
+def _check_sqlite_exists(url: str) -> None:
+    """Opening a store creates it when new: an empty gallery would answer new_individual for
+    every photo, so a SQLite file that is not there is an error here."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise WhaleidError(
+                f"--gallery {path} does not exist: fill a gallery first with "
+                "'whaleid gallery import --bundle BUNDLE --catalogue DIR'"
+            )
+
+
+def _identify(
+    args: argparse.Namespace,
+    pipeline: Pipeline,
+    gallery: Gallery,
+    photos: list[Path],
+    threshold: float,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(image, predictions) rows for every readable photo, and the unreadable ones' names."""
     rows: list[tuple[str, str]] = []
     skipped: list[str] = []
     progress = tqdm(total=len(photos), unit="photo", disable=args.quiet, file=sys.stderr)
@@ -132,10 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 ]
             progress.update(len(batch))
     progress.close()
-    _write_csv(args.out, rows)
-    note = f", {len(skipped)} unreadable photo(s) left out" if skipped else ""
-    print(f"wrote {len(rows)} rows to {args.out}{note}", file=sys.stderr)
-    return 0
+    return rows, skipped
 
 
 def _write_csv(path: Path, rows: list[tuple[str, str]]) -> None:

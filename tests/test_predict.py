@@ -1,0 +1,177 @@
+"""`whaleid predict` end to end: a gallery of the open-set gallery photos, the held-out queries
+identified to a submission CSV, and its MAP@5 equal to what evaluation computed for them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli import main
+from app.decode import open_image
+from app.pipeline import Pipeline
+from gallery.gallery import Gallery, ImportItem
+from gallery.metrics import map_at_k
+from gallery.rank import NEW_INDIVIDUAL
+from gallery.records import NewImage
+
+
+def fill_gallery(bundle: Path, db: Path, photos: Sequence[object]) -> None:
+    """Register catalogue photos with their boxes, as `whaleid gallery import` does."""
+    pipeline = Pipeline.from_bundle(bundle)
+    items = []
+    for start in range(0, len(photos), 32):
+        part = photos[start : start + 32]
+        vectors = pipeline.embed(
+            [open_image(p.path) for p in part],  # type: ignore[attr-defined]
+            boxes=[p.box for p in part],  # type: ignore[attr-defined]
+        ).vectors
+        for photo, vector in zip(part, vectors, strict=True):
+            image = NewImage(
+                content=photo.path.read_bytes(),  # type: ignore[attr-defined]
+                filename=photo.image,  # type: ignore[attr-defined]
+                vector=vector,
+                box=photo.box,  # type: ignore[attr-defined]
+            )
+            items.append(ImportItem(photo.individual_id, photo.species, image))  # type: ignore[attr-defined]
+    with Gallery.open(
+        f"sqlite:///{db}", fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim
+    ) as gallery:
+        gallery.import_images(items)
+
+
+def read_submission(path: Path) -> dict[str, list[str]]:
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["image", "predictions"]
+    return {image: predictions.split(" ") for image, predictions in rows[1:]}
+
+
+def submission_map5(submission: dict[str, list[str]], truth: dict[str, str]) -> float:
+    names = sorted(truth)
+    vocab = {name: i for i, name in enumerate(sorted({*truth.values(), NEW_INDIVIDUAL}))}
+    codes = np.array([[vocab.get(p, -9) for p in submission[n]] for n in names])
+    return map_at_k(codes, np.array([vocab[truth[n]] for n in names]))
+
+
+def predict(bundle: Path, db: Path, images: Path, out: Path) -> float:
+    start = time.perf_counter()
+    status = main(
+        ["predict", "--bundle", str(bundle), "--gallery", str(db), "--images", str(images),
+         "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    assert status == 0
+    return time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_predict_scores_the_ensemble_as_export_tuned_it(
+    bundle: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """The bundle (ensemble + detector): export embedded the open set as serving does, so the
+    CSV's MAP@5 is the manifest's figure exactly."""
+    from training.runs import Run
+
+    open_set = Run(tiny_run).open_set_split()
+    fill_gallery(bundle, tmp_path / "gallery.db", open_set.gallery)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for photo in open_set.queries:
+        (queries / photo.image).symlink_to(photo.path)
+    seconds = predict(bundle, tmp_path / "gallery.db", queries, tmp_path / "submission.csv")
+
+    submission = read_submission(tmp_path / "submission.csv")
+    assert sorted(submission) == sorted(p.image for p in open_set.queries)
+    assert all(len(ids) == 5 and len(set(ids)) == 5 for ids in submission.values())
+    in_gallery = {p.individual_id for p in open_set.gallery}
+    truth = {
+        p.image: p.individual_id if p.individual_id in in_gallery else NEW_INDIVIDUAL
+        for p in open_set.queries
+    }
+    map5 = submission_map5(submission, truth)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    print(f"\npredict {len(truth)} photos: {seconds:.1f} s; MAP@5 {map5:.6f}, "
+          f"export's {manifest['cv_metrics']['map5']:.6f}")  # fmt: skip
+    assert map5 == pytest.approx(manifest["cv_metrics"]["map5"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_predict_agrees_with_whaleid_evaluate(tiny_run: Path, tmp_path: Path) -> None:
+    """One run, no detector, queries given as the crops evaluation embeds: the CSV's MAP@5 is
+    the run's own evaluation figure (torch there, onnxruntime here)."""
+    from training.catalogue import read_photo
+    from training.export import export_bundle
+    from training.runs import Run
+
+    run = Run(tiny_run)
+    bundle = export_bundle([tiny_run], tmp_path / "bundle").bundle
+    open_set = run.open_set_split()
+    fill_gallery(bundle, tmp_path / "gallery.db", open_set.gallery)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for photo in open_set.queries:
+        # PNG: the crop evaluation embedded, pixel for pixel.
+        read_photo(photo, run.config.data.box_padding).save(queries / f"{photo.image}.png")
+    predict(bundle, tmp_path / "gallery.db", queries, tmp_path / "submission.csv")
+
+    submission = read_submission(tmp_path / "submission.csv")
+    assert all(len(ids) == 5 for ids in submission.values())
+    in_gallery = {p.individual_id for p in open_set.gallery}
+    truth = {
+        f"{p.image}.png": p.individual_id if p.individual_id in in_gallery else NEW_INDIVIDUAL
+        for p in open_set.queries
+    }
+    map5 = submission_map5(submission, truth)
+    evaluated = run.evaluation["map5"]
+    print(f"\nsingle run: predict MAP@5 {map5:.6f}, whaleid evaluate {evaluated:.6f}")
+    assert map5 == pytest.approx(evaluated, abs=1e-6)
+
+
+def toy_photos(folder: Path, n: int) -> list[Path]:
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(n):
+        path = folder / f"p{i}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_with_a_toy_bundle(toy_bundle: Path, tmp_path: Path) -> None:
+    """Fast, torch-free: each photo registered as its own individual comes back first."""
+    paths = toy_photos(tmp_path / "photos", 7)
+    pipeline = Pipeline.from_bundle(toy_bundle)
+    vectors = pipeline.embed([open_image(p) for p in paths]).vectors
+    with Gallery.open(
+        f"sqlite:///{tmp_path / 'g.db'}", fingerprint=pipeline.fingerprint, dim=vectors.shape[1]
+    ) as gallery:
+        gallery.import_images(
+            ImportItem(f"ind-{p.stem}", None, NewImage(p.read_bytes(), p.name, v))
+            for p, v in zip(paths, vectors, strict=True)
+        )
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a photo")
+    predict(toy_bundle, tmp_path / "g.db", tmp_path / "photos", tmp_path / "s.csv")
+    submission = read_submission(tmp_path / "s.csv")
+    assert sorted(submission) == sorted(p.name for p in paths)  # the broken one left out
+    for name, ids in submission.items():
+        assert len(ids) == 5 and ids[0] == f"ind-{Path(name).stem}"
+
+
+def test_predict_refuses_a_missing_gallery(
+    toy_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toy_photos(tmp_path / "q", 1)
+    status = main(
+        ["predict", "--bundle", str(toy_bundle), "--gallery", str(tmp_path / "none.db"),
+         "--images", str(tmp_path / "q"), "--out", str(tmp_path / "s.csv")]
+    )  # fmt: skip
+    assert status == 1
+    assert "none.db does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
