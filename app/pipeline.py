@@ -17,7 +17,7 @@ from PIL import Image
 from app.bundle import Bundle, load_bundle
 from app.embedder import combine
 from app.manifest import Manifest
-from app.preprocess import Box, crop_box
+from app.preprocess import Box, EmbedTransform, crop_box, to_batch
 
 __all__ = ["Crop", "Embedded", "Pipeline"]
 
@@ -84,7 +84,14 @@ class Pipeline:
         """Cropped photos → (N, embedding_dim) ensemble embeddings, one ORT call per member."""
         if not crops:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        parts = [member.embed(crops) for member in self.bundle.embedders]
+        # Members trained at the same input size and normalisation share one preprocessed batch.
+        batches: dict[EmbedTransform, np.ndarray] = {}
+        parts = []
+        for member in self.bundle.embedders:
+            transform = member.spec.transform
+            if transform not in batches:
+                batches[transform] = to_batch(crops, transform)
+            parts.append(member.embed_batch(batches[transform]))
         weights = [member.spec.weight for member in self.bundle.embedders]
         return combine(parts, weights)
 
