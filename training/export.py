@@ -209,6 +209,16 @@ def _parity_photos(run: Run, count: int) -> list[Photo]:
     return ordered[:count]
 
 
+def _parity_crops(run: Run, count: int, padding: float) -> list[Image.Image]:
+    try:
+        return [read_photo(p, padding) for p in _parity_photos(run, count)]
+    except WhaleidError as exc:
+        raise ExportError(
+            f"the parity check reads photos of run {run.path}'s catalogue "
+            f"({run.config.data.catalogue}), and one cannot be read: {exc}"
+        ) from exc
+
+
 def _same_open_set(runs: Sequence[Run]) -> EvalSet:
     """The open-set validation every run shares; refuses runs that held out different ones."""
     first = runs[0].open_set_split()
@@ -363,7 +373,7 @@ def _export_into(
             weight=weight,
             flip_tta=run.config.eval.flip_tta,
         )
-        crops = [read_photo(p, padding) for p in _parity_photos(run, parity_photos)]
+        crops = _parity_crops(run, parity_photos, padding)
         parities.append(check_parity(model, work / name, spec, crops, required=required))
         specs.append(spec)
 
