@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.service import GALLERY_INDIVIDUALS, GALLERY_PHOTOS, Server, catalogue_photos
 from PIL import Image
 
 from app.cli import main
@@ -177,3 +178,27 @@ def test_predict_refuses_a_missing_gallery(
     assert status == 1
     assert "none.db does not exist" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+
+
+def test_predict_answers_as_the_service_does(
+    service: Server, service_bundle: Path, catalogue: Path, tmp_path: Path
+) -> None:
+    """Same photos, same gallery (the service's own SQLite file): the same five ids."""
+    photos = catalogue_photos(catalogue)
+    names = list(photos)
+    chosen = [p for n in names[:GALLERY_INDIVIDUALS] for p in photos[n][GALLERY_PHOTOS:][:2]]
+    chosen += [photos[n][0] for n in names[GALLERY_INDIVIDUALS:][:4]]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in chosen:
+        (folder / path.name).symlink_to(path)
+    db = service.workdir / "gallery.db"
+    predict(service_bundle, db, folder, tmp_path / "s.csv")
+    submission = read_submission(tmp_path / "s.csv")
+    with service.client(service.read_key) as client:
+        for path in chosen:
+            files = {"image": (path.name, path.read_bytes(), "image/jpeg")}
+            response = client.post("/identify", files=files)
+            assert response.status_code == 200, response.text
+            answer = [c["individual_id"] for c in response.json()["predictions"]]
+            assert submission[path.name] == answer, path.name

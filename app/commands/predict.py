@@ -51,7 +51,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="new_individual threshold (default: the bundle's tuned one)",
+        help="new_individual threshold (default: the bundle's, for --species where tuned)",
     )
     parser.add_argument("--species", default=None, help="only rank individuals of this species")
     parser.add_argument("--batch-size", type=int, default=32, help="photos per model call")
@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise WhaleidError("--top-k and --batch-size must be at least 1")
     pipeline = Pipeline.from_bundle(args.bundle, args.providers)
-    threshold = pipeline.manifest.threshold if args.threshold is None else args.threshold
+    # As POST /identify does: the species' own threshold where the bundle has one.
+    threshold = args.threshold
+    if threshold is None:
+        threshold = pipeline.manifest.threshold_for(args.species)
     photos = list_images(args.images)
     url = gallery_url(args.gallery)
     _check_sqlite_exists(url)
