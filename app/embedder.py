@@ -68,6 +68,10 @@ def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
             )
         if full not in chosen:
             chosen.append(full)
+    # TensorRT hands the nodes it cannot build to the next provider: let that be CUDA.
+    cuda = "CUDAExecutionProvider"
+    if "TensorrtExecutionProvider" in chosen and cuda in available and cuda not in chosen:
+        chosen.append(cuda)
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen

@@ -80,8 +80,15 @@ class Manifest(BaseModel):
     threshold: float = Field(description="similarity under which new_individual ranks first")
     species_thresholds: dict[str, float] = Field(default_factory=dict)
     species: list[str] = Field(default_factory=list)
-    cv_metrics: dict[str, float] = Field(default_factory=dict)
-    training_configs: list[dict[str, Any]] = Field(default_factory=list)
+    cv_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="open-set validation figures at `threshold` (map5, map5_known, map5_new, "
+        "query counts): the run's own evaluation for one run; for an ensemble, its photos "
+        "embedded by this bundle as serving embeds them",
+    )
+    training_configs: list[dict[str, Any]] = Field(
+        default_factory=list, description="each embedder's training config, in order"
+    )
     file_digests: dict[str, str] = Field(
         default_factory=dict, description="sha256 of each model file, to name a tampered one"
     )
