@@ -201,8 +201,8 @@ def build_dataset(
 ) -> DatasetInfo:
     """Write `out_dir/data.yaml` and its images/labels folders for the catalogue's boxes."""
     catalogue, out_dir = Path(catalogue).resolve(), Path(out_dir).resolve()
-    boxes, source = read_boxes(catalogue, class_names)
     photos = read_photos(catalogue)
+    boxes, source = read_boxes(catalogue, class_names)
     labelled = [p for p in photos if p.image in boxes]
     if not labelled:
         raise CatalogueError(f"none of the photos in {catalogue / 'train.csv'} has a box")
