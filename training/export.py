@@ -15,6 +15,7 @@ pipeline (serving's embeddings, ensemble included), with `training.evaluate`'s s
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -31,7 +32,6 @@ from torch import nn
 from app.decode import open_image
 from app.embedder import INPUT_NAME, OUTPUT_NAME, OnnxEmbedder
 from app.manifest import (
-    MANIFEST_NAME,
     BundleError,
     DetectorSpec,
     EmbedderSpec,
@@ -363,7 +363,8 @@ def _export_into(
     for i, (run, weight) in enumerate(zip(runs, weights, strict=True)):
         model = run.load_embedder(checkpoint)
         transform: EmbedTransform = run.transform()
-        name = f"embedder-{i}-{run.config.model.backbone}.onnx"
+        # timm names may be hub paths (hf-hub:org/name): keep the file name plain.
+        name = f"embedder-{i}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', run.config.model.backbone)}.onnx"
         export_embedder(model, transform.input_size, work / name, fp16=fp16)
         spec = EmbedderSpec(
             file=name,
@@ -409,6 +410,4 @@ def _export_into(
         )
     # Read back as serving will: files, fingerprint and every session's inputs and outputs.
     Pipeline.from_bundle(work, list(providers) if providers else None)
-    if not (work / MANIFEST_NAME).is_file():
-        raise ExportError(f"{work / MANIFEST_NAME} was not written")
     return ExportReport(bundle=work, manifest=manifest, parity=parities, sweep=result)
