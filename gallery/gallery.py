@@ -296,6 +296,15 @@ class Gallery:
 
     # -- writes --------------------------------------------------------------------------------
 
+    def _entries(
+        self, items: Sequence[tuple[str, str | None, NewImage, dict[str, Any] | None]]
+    ) -> list[NewEntry]:
+        """Check a batch and keep its photos (written and fsynced before the commit)."""
+        entries = [self._entry(*item) for item in items]
+        if self.photos is not None:
+            self.photos.put_many([image.content for _, _, image, _ in items])
+        return entries
+
     def _entry(
         self,
         individual_id: str,
@@ -315,11 +324,10 @@ class Gallery:
             raise GalleryInputError(
                 f"{image.filename}: embedding is not L2-normalised (norm {norm:.4f})"
             )
-        digest = self.photos.put(image.content) if self.photos else content_hash(image.content)
         return NewEntry(
             individual_id=individual_id,
             species=species,
-            content_hash=digest,
+            content_hash=content_hash(image.content),
             filename=image.filename,
             encounter=image.encounter,
             box=None if image.box is None else tuple(float(v) for v in image.box),  # type: ignore[arg-type]
@@ -340,7 +348,7 @@ class Gallery:
         Committed to the store before it returns. A photo already stored for this individual
         answers created=False; one stored for another individual raises ConflictError.
         """
-        entries = [self._entry(individual_id, species, image, metadata) for image in images]
+        entries = self._entries([(individual_id, species, image, metadata) for image in images])
         results = self.store.add_images(entries=entries, fingerprint=self.fingerprint)
         self.refresh()
         return [r for r in results if r is not None]
@@ -373,7 +381,9 @@ class Gallery:
         batch: list[ImportItem] = []
 
         def commit() -> None:
-            entries = [self._entry(i.individual_id, i.species, i.image, i.metadata) for i in batch]
+            entries = self._entries(
+                [(i.individual_id, i.species, i.image, i.metadata) for i in batch]
+            )
             results = self.store.add_images(
                 entries=entries, fingerprint=self.fingerprint, on_conflict=on_conflict
             )

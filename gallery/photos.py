@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gallery.errors import NotFoundError
@@ -32,10 +34,28 @@ class PhotoStore:
 
     def put(self, content: bytes) -> str:
         """Store a photo durably; returns its hash."""
+        digest, folder = self._write(content)
+        if folder is not None:
+            _fsync_dir(folder)
+        return digest
+
+    def put_many(self, contents: Sequence[bytes], *, threads: int = 8) -> list[str]:
+        """Store a batch durably; returns the hashes. fsyncs run in parallel so the file
+        system commits them together (one at a time, a bulk import waits on every one)."""
+        if len(contents) <= 1:
+            return [self.put(c) for c in contents]
+        with ThreadPoolExecutor(min(threads, len(contents))) as pool:
+            written = list(pool.map(self._write, contents))
+            folders = {f for _, f in written if f is not None}
+            list(pool.map(_fsync_dir, folders))
+        return [digest for digest, _ in written]
+
+    def _write(self, content: bytes) -> tuple[str, Path | None]:
+        """Write and fsync one photo; returns its hash and the folder whose entry is new."""
         digest = content_hash(content)
         target = self.path(digest)
         if target.exists():
-            return digest
+            return digest, None
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
@@ -47,13 +67,7 @@ class PhotoStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        # The rename is durable only once the directory entry is.
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return digest
+        return digest, target.parent
 
     def get(self, digest: str) -> bytes:
         path = self.path(digest)
@@ -67,3 +81,12 @@ class PhotoStore:
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """A rename is durable only once its directory entry is."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
