@@ -22,7 +22,7 @@ from gallery.errors import WhaleidError
 from gallery.index import KINDS, VectorIndex
 from gallery.labels import Labels
 from gallery.locks import RWLock
-from gallery.photos import PhotoStore, content_hash
+from gallery.photos import PhotoStore, content_hash, resolve_photos_dir
 from gallery.rank import EMPTY, NEW, NEW_INDIVIDUAL, rank
 from gallery.records import (
     Candidate,
@@ -35,7 +35,7 @@ from gallery.records import (
     RegisteredImage,
 )
 from gallery.snapshot import SnapshotHeader, read_snapshot, read_snapshot_header, write_snapshot
-from gallery.store import SqlStore, open_store, sqlite_path
+from gallery.store import SqlStore, open_store
 
 __all__ = [
     "Candidate",
@@ -590,12 +590,7 @@ def _check_model(
         raise GalleryInputError(
             f"gallery {url} holds {info.dim}-d embeddings of this model, not {dim}-d"
         )
-    if photos_dir is None and info.photos_dir:
-        photos_dir = Path(info.photos_dir)
-    if photos_dir is None:
-        db = sqlite_path(url)
-        if db is not None:
-            photos_dir = db.with_name(db.stem + "-photos")
+    photos_dir = resolve_photos_dir(url, stored=info.photos_dir, given=photos_dir)
     if photos_dir is not None and info.photos_dir is None:
         updates["photos_dir"] = str(Path(photos_dir).resolve())
     if updates:

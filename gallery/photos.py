@@ -17,7 +17,20 @@ from pathlib import Path
 
 from gallery.errors import NotFoundError
 
-__all__ = ["PhotoStore", "content_hash"]
+__all__ = ["PhotoStore", "content_hash", "resolve_photos_dir"]
+
+
+def resolve_photos_dir(url: str, *, stored: str | None, given: Path | None) -> Path | None:
+    """Where a gallery keeps its photos: as given, else as recorded in the store, else beside a
+    SQLite file (`gallery.db` → `gallery-photos/`); None (not kept) for other stores."""
+    from gallery.store import sqlite_path
+
+    if given is not None:
+        return Path(given)
+    if stored:
+        return Path(stored)
+    db = sqlite_path(url)
+    return db.with_name(db.stem + "-photos") if db is not None else None
 
 
 def content_hash(content: bytes) -> str:
