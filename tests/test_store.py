@@ -9,6 +9,7 @@ from fixtures.gallery import unit_vectors
 from gallery.errors import ConflictError, NotFoundError
 from gallery.records import NewEntry
 from gallery.store import SqlStore, open_store
+from gallery.store.base import ModelChangedError
 from gallery.store.migrations import latest_version
 
 DIM = 8
@@ -190,3 +191,31 @@ def test_reembed_writes_beside_and_switches_atomically(store: SqlStore) -> None:
 def test_known_hashes(store: SqlStore) -> None:
     (r,) = store.add_images(entries=[entry("A", "1")], fingerprint=FP)
     assert store.known_hashes(hashes=["hash-1", "hash-x"]) == {"hash-1": (r.image_id, "A")}
+
+
+def test_writes_of_a_replaced_model_are_refused(store: SqlStore) -> None:
+    store.add_images(entries=[entry("A", "1")], fingerprint=FP)
+    store.set_meta(values={"fingerprint": FP, "dim": str(DIM)})
+    store.put_embeddings(fingerprint="b" * 64, image_ids=[1], vectors=unit_vectors(1, DIM))
+    store.switch_fingerprint(fingerprint="b" * 64, dim=DIM)
+    # A process still on the old model (its follower not yet woken) tries to register.
+    with pytest.raises(ModelChangedError, match="re-embedded"):
+        store.add_images(entries=[entry("A", "2", 1)], fingerprint=FP)
+    assert store.count_images() == 1
+
+
+@pytest.mark.postgres
+def test_postgres_reconnects_after_the_connection_drops(pg_url: str) -> None:
+    import psycopg
+
+    from gallery.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url)
+    store.add_images(entries=[entry("A", "1")], fingerprint=FP)
+    pid = store._conn.info.backend_pid
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg.OperationalError):
+        store.count_images()  # the call that finds the connection dead fails...
+    assert store.count_images() == 1  # ...and the next one reconnects
+    store.close()

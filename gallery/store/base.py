@@ -35,7 +35,7 @@ from gallery.records import (
 )
 from gallery.store.migrations import latest_version, render
 
-__all__ = ["SchemaError", "SqlStore", "StoreInfo"]
+__all__ = ["ModelChangedError", "SchemaError", "SqlStore", "StoreInfo"]
 
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's parameter limit
 
@@ -44,6 +44,10 @@ Cursor = Any  # sqlite3.Cursor | psycopg.Cursor: both DB-API cursors
 
 class SchemaError(WhaleidError):
     """The database was written by a newer whaleid, or is not a gallery."""
+
+
+class ModelChangedError(ConflictError):
+    """A write with embeddings of a model the gallery no longer uses (it was re-embedded)."""
 
 
 class StoreInfo:
@@ -197,6 +201,14 @@ class SqlStore(ABC):
         """
         now = datetime.now(UTC)
         with self._transaction(write=True) as cur:
+            # Checked inside the write transaction, which a re-embed's switch also takes: a
+            # process still on the old model cannot add a photo the new model never embeds.
+            row = self._exec(cur, "SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+            if row is not None and row[0] and row[0] != fingerprint:
+                raise ModelChangedError(
+                    f"gallery {self.url} now uses model {row[0][:12]}…, not {fingerprint[:12]}…: "
+                    "restart with the bundle it was re-embedded with"
+                )
             known = self._known(cur, [e.content_hash for e in entries])
             species_of: dict[str, str | None] = {}
             results: list[RegisteredImage | None] = []

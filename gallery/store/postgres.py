@@ -38,12 +38,17 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:
-        with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
-            if write:
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
-            else:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            yield cur
+        with self._lock:
+            if self._conn.broken or self._conn.closed:
+                # The server restarted or the network dropped: reconnect rather than fail
+                # every later call. (A transaction that was open is lost, never half-done.)
+                self._conn = connect(self.url)
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                if write:
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+                else:
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                yield cur
 
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s")
