@@ -1,0 +1,54 @@
+"""`whaleid evaluate --run DIR`: print a run's figures (re-evaluating with --recompute)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from training.runs import Run
+
+__all__ = ["build_parser", "format_evaluation", "run"]
+
+
+def build_parser(prog: str = "whaleid evaluate") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Print a training run's figures.")
+    parser.add_argument("--run", type=Path, required=True, help="run folder")
+    parser.add_argument(
+        "--recompute", action="store_true", help="re-embed and re-tune the threshold first"
+    )
+    return parser
+
+
+def format_evaluation(evaluation: dict) -> str:
+    lines = [
+        "| figure | value |",
+        "| --- | --- |",
+        f"| threshold (tuned on open-set validation) | {evaluation['threshold']:.3f} |",
+        f"| open-set MAP@5, all | {evaluation['map5']:.4f} |",
+        f"| open-set MAP@5, known | {evaluation['map5_known']:.4f} |",
+        f"| open-set MAP@5, new | {evaluation['map5_new']:.4f} |",
+        f"| queries (new) | {evaluation['queries']} ({evaluation['queries_new']}) |",
+        f"| gallery photos (individuals) | {evaluation['gallery']} "
+        f"({evaluation['gallery_individuals']}) |",
+    ]
+    closed = evaluation.get("closed_set")
+    if closed:
+        lines.append(f"| closed-set fold MAP@5 at the threshold | {closed['map5']:.4f} |")
+    lines.append(f"| epoch, flip TTA | {evaluation.get('epoch')}, {evaluation.get('flip_tta')} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gallery.errors import WhaleidError
+
+    run_ = Run(args.run)
+    if args.recompute or not run_.evaluation:
+        from training.loop import evaluate_run
+
+        evaluate_run(run_)
+    evaluation = run_.evaluation
+    if not evaluation:
+        raise WhaleidError(f"run {args.run} could not be evaluated")
+    print(f"run {run_.path}")
+    print(format_evaluation(evaluation))
+    return 0

@@ -1,0 +1,132 @@
+"""Embeddings → faiss kNN → per-individual ranking with new_individual → MAP@5 and the sweep.
+
+Ranking and MAP@5 are gallery.rank and gallery.metrics, the code the service answers with, so
+the threshold tuned here means the same thing in production. Thresholds are tuned on the
+open-set validation individuals (never trained on) and only applied elsewhere.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+
+from app.preprocess import EmbedTransform
+from gallery.metrics import SweepResult, sweep_thresholds
+from training.config import EvalConfig
+from training.embed import embed_images
+from training.splits import EvalSet
+
+__all__ = [
+    "EmbeddedSet",
+    "embed_eval_set",
+    "knn_hits",
+    "score_at",
+    "summary",
+    "sweep",
+    "sweep_grid",
+    "write_sweep_csv",
+]
+
+
+@dataclass(frozen=True)
+class EmbeddedSet:
+    """An EvalSet's embeddings: (G, D) gallery and (Q, D) queries, L2-normalised."""
+
+    eval_set: EvalSet
+    gallery: np.ndarray
+    queries: np.ndarray
+
+
+def embed_eval_set(
+    model: nn.Module,
+    eval_set: EvalSet,
+    transform: EmbedTransform,
+    cfg: EvalConfig,
+    *,
+    padding: float,
+    device: str | torch.device = "cpu",
+) -> EmbeddedSet:
+    def embed(photos: list) -> np.ndarray:
+        return embed_images(
+            model,
+            photos,
+            transform,
+            flip_tta=cfg.flip_tta,
+            batch_size=cfg.batch_size,
+            device=device,
+            padding=padding,
+        )
+
+    return EmbeddedSet(eval_set, embed(eval_set.gallery), embed(eval_set.queries))
+
+
+def knn_hits(
+    gallery: np.ndarray, gallery_labels: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inner-product kNN (cosine on normalised vectors): (Q, k) similarities and labels,
+    label -1 where the gallery has fewer than k vectors."""
+    k = max(1, min(k, len(gallery)))
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(np.ascontiguousarray(gallery, dtype=np.float32))
+    sims, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    labels = np.where(idx >= 0, gallery_labels[idx.clip(0)], -1)
+    return sims.astype(np.float32), labels.astype(np.int64)
+
+
+def sweep_grid(sims: np.ndarray, step: float) -> np.ndarray:
+    """A fine uniform grid over [-0.2, 1] plus the quantiles of the queries' best scores,
+    so a model whose similarities crowd into a narrow band is still swept finely."""
+    uniform = np.arange(-0.2, 1.0 + step / 2, step)
+    best = sims[:, 0] if sims.size else np.zeros(0)
+    quantiles = np.quantile(best, np.linspace(0, 1, 201)) if best.size else np.zeros(0)
+    return np.unique(np.round(np.concatenate([uniform, quantiles]), 6)).astype(np.float32)
+
+
+def sweep(embedded: EmbeddedSet, cfg: EvalConfig) -> SweepResult:
+    """MAP@5 (all, known, new) at every threshold of the grid."""
+    sims, labels = knn_hits(
+        embedded.gallery, embedded.eval_set.gallery_labels, embedded.queries, cfg.neighbours
+    )
+    grid = sweep_grid(sims, cfg.threshold_step)
+    return sweep_thresholds(sims, labels, embedded.eval_set.query_truth, grid)
+
+
+def score_at(embedded: EmbeddedSet, threshold: float, cfg: EvalConfig) -> dict[str, float | None]:
+    """MAP@5 (all, known, new) at one given threshold, e.g. one tuned elsewhere."""
+    sims, labels = knn_hits(
+        embedded.gallery, embedded.eval_set.gallery_labels, embedded.queries, cfg.neighbours
+    )
+    result = sweep_thresholds(sims, labels, embedded.eval_set.query_truth, [threshold])
+    return _finite({**result.at(threshold), "threshold": float(threshold)})
+
+
+def _finite(figures: dict[str, float]) -> dict[str, float | None]:
+    """NaN (no known or no new queries) → None, so the JSON stays standard."""
+    return {k: (None if v != v else v) for k, v in figures.items()}
+
+
+def summary(result: SweepResult, eval_set: EvalSet) -> dict[str, float | int | None]:
+    """The figures at the best threshold of a sweep, with the query counts behind them."""
+    return {
+        **_finite(result.at(result.best_threshold)),
+        "queries": len(eval_set.queries),
+        "queries_new": eval_set.n_new,
+        "gallery": len(eval_set.gallery),
+        "gallery_individuals": len(eval_set.individuals),
+    }
+
+
+def write_sweep_csv(result: SweepResult, path: Path) -> None:
+    with Path(path).open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["threshold", "map5", "map5_known", "map5_new"])
+        for row in zip(
+            result.thresholds, result.map_all, result.map_known, result.map_new, strict=True
+        ):
+            writer.writerow([f"{float(v):.6f}" for v in row])
