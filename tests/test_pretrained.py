@@ -111,6 +111,8 @@ def test_lite_variants_are_checked(lite0_source: dict[str, torch.Tensor]) -> Non
         map_lite_state_dict(lite0_source, lite1.state_dict())
     with pytest.raises(PretrainedError, match=r"model\.backbone: 'resnet18'"):
         build_model(ModelConfig(backbone="resnet18", pretrained="efficientnet-lite"))
+    with pytest.raises(PretrainedError, match=r"model\.backbone: 'efficientnet_lite0'"):
+        build_model(ModelConfig(backbone="efficientnet_lite0", pretrained="efficientnet-lite"))
     with pytest.raises(PretrainedError, match="does not match"):
         build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="efficientnet-lite1"))
     try:
