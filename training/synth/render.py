@@ -48,28 +48,29 @@ def _to_canvas(pts: np.ndarray, origin: tuple[float, float], scale: float) -> np
 
 def fin_texture(ind: Individual) -> FinTexture:
     """Draw `ind` flat: silhouette, marks and a stretch of back either side of the fin."""
-    back_half = ind.base / 2 + 0.7
-    u0 = min(ind.outline[:, 0].min(), ind.base / 2 - back_half) - 0.05
-    u1 = max(ind.outline[:, 0].max(), ind.base / 2 + back_half) + 0.05
+    # The back is a low arc whose size follows the base alone: it adds no identity of its own.
+    back_half, back_top = ind.base / 2 + 0.45, 0.1 + 0.05 * min(ind.base, 2.0)
+    cx = ind.base / 2
+    u0 = min(ind.outline[:, 0].min(), cx - back_half) - 0.05
+    u1 = max(ind.outline[:, 0].max(), cx + back_half) + 0.05
     v0, v1 = -0.05, 1.05
-    s = PX_PER_UNIT * _SUPERSAMPLE
-    size = (int(np.ceil((u1 - u0) * s)), int(np.ceil((v1 - v0) * s)))
+    size = (int(np.ceil((u1 - u0) * PX_PER_UNIT)), int(np.ceil((v1 - v0) * PX_PER_UNIT)))
     origin = (u0, v1)
 
-    def px(points: np.ndarray) -> list[tuple[float, float]]:
-        return [(float(x), float(y)) for x, y in _to_canvas(np.asarray(points), origin, s)]
+    def px(points: np.ndarray, scale: float = PX_PER_UNIT) -> list[tuple[float, float]]:
+        return [(float(x), float(y)) for x, y in _to_canvas(np.asarray(points), origin, scale)]
 
-    fin = Image.new("L", size, 0)
-    ImageDraw.Draw(fin).polygon(px(ind.outline), fill=255)
-    back = Image.new("L", size, 0)
-    cx = ind.base / 2
-    top = 0.08 + 0.06 * min(ind.base, 1.5)
-    ImageDraw.Draw(back).chord(
-        [*px(np.array([[cx - back_half, top]]))[0], *px(np.array([[cx + back_half, -top]]))[0]],
-        180,
-        360,
-        fill=255,
-    )
+    # Silhouettes are drawn supersampled and averaged down, for antialiased edges; the marks
+    # inside are drawn at the final size (the photo is smaller still).
+    big = (size[0] * _SUPERSAMPLE, size[1] * _SUPERSAMPLE)
+    fin = Image.new("L", big, 0)
+    ImageDraw.Draw(fin).polygon(px(ind.outline, PX_PER_UNIT * _SUPERSAMPLE), fill=255)
+    fin = fin.reduce(_SUPERSAMPLE)
+    back = Image.new("L", big, 0)
+    arc = np.array([[cx - back_half, back_top], [cx + back_half, -back_top]])
+    xy = [c for pt in px(arc, PX_PER_UNIT * _SUPERSAMPLE) for c in pt]
+    ImageDraw.Draw(back).chord(xy, 180, 360, fill=255)
+    back = back.reduce(_SUPERSAMPLE)
 
     shade = Image.new("L", size, _BASE_SHADE)
     draw = ImageDraw.Draw(shade)
@@ -81,20 +82,17 @@ def fin_texture(ind: Individual) -> FinTexture:
         rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         draw.polygon(px(e @ rot.T + np.array(p.centre)), fill=int(_BASE_SHADE * p.tone))
     # Pigment has soft edges; scars, drawn after the blur, stay crisp.
-    shade = shade.filter(ImageFilter.GaussianBlur(0.02 * s))
+    shade = shade.filter(ImageFilter.BoxBlur(0.025 * PX_PER_UNIT))
     draw = ImageDraw.Draw(shade)
     for sc in ind.scars:
         tone = int(min(255, _BASE_SHADE * sc.tone))
-        draw.line(
-            px(np.array(sc.points)), fill=tone, width=max(1, round(sc.width * s)), joint="curve"
-        )
+        width = max(1, round(sc.width * PX_PER_UNIT))
+        draw.line(px(np.array(sc.points)), fill=tone, width=width, joint="curve")
     # Marks exist only on the fin; the back keeps the plain colour.
     shade = Image.composite(shade, Image.new("L", size, _BASE_SHADE), fin)
 
-    small = (size[0] // _SUPERSAMPLE, size[1] // _SUPERSAMPLE)
-    image = Image.merge("RGB", (shade, fin, back)).resize(small, Image.Resampling.BOX)
-    outline = _to_canvas(ind.outline, origin, PX_PER_UNIT)
-    return FinTexture(image=image, outline=outline)
+    image = Image.merge("RGB", (shade, fin, back))
+    return FinTexture(image=image, outline=_to_canvas(ind.outline, origin, PX_PER_UNIT))
 
 
 def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -116,8 +114,7 @@ def _apply(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, w: int, h: int, cells: tuple[int, int]) -> np.ndarray:
     """Value noise: a coarse random grid upsampled bicubically, roughly in [-1, 1]."""
-    grid = rng.standard_normal((max(2, cells[1]), max(2, cells[0]))).astype(np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.Resampling.BICUBIC))
+    return _grid_up(rng.standard_normal((max(2, cells[1]), max(2, cells[0]))), w, h)
 
 
 def _place(
@@ -150,38 +147,61 @@ def _place(
     return move @ hmat, outline + shift
 
 
+# Colours that real sea and sky photos have; each photo mixes a few, so hue varies but never
+# leaves what water and sky look like (no purple seas).
+_SKY = np.array(
+    [[0.45, 0.65, 0.92], [0.78, 0.84, 0.9], [0.6, 0.63, 0.66], [0.92, 0.78, 0.62], [0.3, 0.45, 0.7]]
+)
+_WATER = np.array(
+    [[0.05, 0.18, 0.32], [0.08, 0.28, 0.3], [0.28, 0.32, 0.35], [0.12, 0.22, 0.2], [0.2, 0.35, 0.5]]
+)
+
+
+def _mix(rng: np.random.Generator, palette: np.ndarray) -> np.ndarray:
+    return rng.dirichlet(np.full(len(palette), 0.5)) @ palette
+
+
 def _background(
     rng: np.random.Generator, w: int, h: int, horizon: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sky above `horizon` (a row, may be off-frame), water below; returns it and the water colour.
 
-    Colours vary by row only, texture by pixel only, so the (h, w, 3) image costs one product."""
-    y = np.arange(h, dtype=np.float32)[:, None]
-    sky_top = rng.uniform([0.35, 0.5, 0.65], [0.7, 0.8, 0.95]) * rng.uniform(0.7, 1.1)
-    sky_low = np.clip(sky_top + rng.uniform(0.05, 0.3), 0, 1)
-    t_sky = np.clip(y / max(horizon, 1.0), 0, 1)
-    water_far = rng.uniform([0.1, 0.2, 0.25], [0.45, 0.55, 0.65])
-    water_near = water_far * rng.uniform(0.45, 0.9, size=3)
-    depth = np.clip((y - horizon) / max(h - horizon, 1.0), 0, 1) ** 0.7
+    Colour varies by row only and texture comes from one small grid upsampled once, so the
+    (h, w, 3) image costs one resize and one product."""
+    sky_top = _mix(rng, _SKY) * rng.uniform(0.75, 1.1)
+    sky_low = np.clip(sky_top + rng.uniform(0.05, 0.25), 0, 1)
+    water_far = _mix(rng, _WATER) * rng.uniform(0.8, 1.6)
+    water_near = water_far * rng.uniform(0.5, 0.9)
+    y = np.arange(h, dtype=np.float64)[:, None]
     is_sky = y < horizon
-    rows = np.where(
-        is_sky, sky_top + (sky_low - sky_top) * t_sky, water_far + (water_near - water_far) * depth
-    ).astype(np.float32)
-    # Waves: noise stretched along the horizon, stronger near the camera; soft clouds above.
-    cells = int(rng.integers(10, 30))
-    ripples = _smooth_noise(rng, w, h, (cells, cells * 4))
-    swell = _smooth_noise(rng, w, h, (4, 6))
-    clouds = _smooth_noise(rng, w, h, (5, 3))
-    amp = (0.08 + 0.12 * depth).astype(np.float32)
-    cloud_amp = np.float32(rng.uniform(0, 0.15))
-    texture = np.where(is_sky, cloud_amp * clouds, amp * ripples + np.float32(0.06) * swell)
-    return rows[:, None, :] * (1 + texture[:, :, None]), water_near.astype(np.float32)
+    depth = np.clip((y - horizon) / max(h - horizon, 1.0), 0, 1) ** 0.7
+    sky = sky_top + (sky_low - sky_top) * np.clip(y / max(horizon, 1.0), 0, 1)
+    rows = np.where(is_sky, sky, water_far + (water_near - water_far) * depth)
+
+    # Texture on a coarse grid: waves stretched along the horizon and stronger near the camera,
+    # a slow swell under them, soft clouds in the sky.
+    gh = int(rng.integers(24, 56))
+    gw = max(2, gh // 5)
+    gy = (np.arange(gh) + 0.5) * h / gh
+    g_depth = np.clip((gy - horizon) / max(h - horizon, 1.0), 0, 1)[:, None] ** 0.7
+    ripples = rng.standard_normal((gh, gw)) * (0.08 + 0.12 * g_depth)
+    swell = _grid_up(rng.standard_normal((4, 6)), gw, gh) * 0.06
+    clouds = _grid_up(rng.standard_normal((3, 5)), gw, gh) * rng.uniform(0, 0.12)
+    grid = np.where((gy < horizon)[:, None], clouds, ripples + swell)
+    texture = _grid_up(grid, w, h)
+    bg = rows.astype(np.float32)[:, None, :] * (1 + texture[:, :, None])
+    return bg, water_near.astype(np.float32)
+
+
+def _grid_up(grid: np.ndarray, w: int, h: int) -> np.ndarray:
+    img = Image.fromarray(grid.astype(np.float32), mode="F")
+    return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC))
 
 
 def _fin_colour(rng: np.random.Generator) -> np.ndarray:
     """The fin's base colour in this photo: any grey from dark to pale, slightly tinted."""
     grey = rng.uniform(0.12, 0.6)
-    return np.clip(grey + rng.normal(0, 0.03, size=3), 0.02, 1).astype(np.float32)
+    return np.clip(grey * (1 + rng.normal(0, 0.05, size=3)), 0.02, 1).astype(np.float32)
 
 
 def _blob_mask(rng: np.random.Generator, w: int, h: int, box: np.ndarray) -> np.ndarray:
@@ -214,22 +234,39 @@ def _glare(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 def _camera_lut(rng: np.random.Generator) -> list[int]:
     """Exposure, colour cast, haze and gamma as one 8-bit lookup table per channel."""
     x = np.arange(256) / 255
-    gain = rng.uniform(0.7, 1.3) * rng.uniform(0.85, 1.15, size=3)
+    gain = rng.uniform(0.7, 1.3) * rng.uniform(0.9, 1.1, size=3)
     haze, haze_level = rng.uniform(0, 0.25), rng.uniform(0.6, 0.95)
     gamma = rng.uniform(0.8, 1.25)
     lut = np.clip(x[None, :] * gain[:, None], 0, 1) * (1 - haze) + haze * haze_level
     return [int(v) for v in np.round(lut**gamma * 255).ravel()]
 
 
+def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean noise of standard deviation `sigma`: the sum of two uniform bytes is close
+    enough to Gaussian for sensor grain and several times cheaper to draw."""
+    n = int(np.prod(shape))
+    raw = np.frombuffer(rng.bytes(2 * n), dtype=np.uint8).reshape(2, *shape)
+    tri = raw[0].astype(np.float32) + raw[1] - np.float32(255)
+    return tri * np.float32(sigma / 104.2)  # 104.2: std of the sum of two uniform bytes
+
+
 def render_photo(tex: FinTexture, rng: np.random.Generator, size: tuple[int, int]) -> Photo:
     """One photo of the textured fin, `size` = (width, height); everything else from `rng`."""
     w, h = size
     hmat, outline = _place(rng, tex, w, h)
+    # Only the part of the frame the texture lands on is warped and composited.
+    tw, th = tex.image.size
+    corners = _apply(hmat, np.array([[0, 0], [tw, 0], [tw, th], [0, th]], dtype=np.float64))
+    rx0, ry0 = (max(0, int(np.floor(v))) for v in corners.min(axis=0))
+    rx1, ry1 = min(w, int(np.ceil(corners[:, 0].max()))), min(h, int(np.ceil(corners[:, 1].max())))
     # PIL's PERSPECTIVE wants the map from output pixels back to texture pixels.
-    inv = np.linalg.inv(hmat)
+    inv = np.linalg.inv(np.array([[1, 0, -rx0], [0, 1, -ry0], [0, 0, 1]]) @ hmat)
     inv /= inv[2, 2]
     warped = tex.image.transform(
-        (w, h), Image.Transform.PERSPECTIVE, tuple(inv.ravel()[:8]), Image.Resampling.BILINEAR
+        (rx1 - rx0, ry1 - ry0),
+        Image.Transform.PERSPECTIVE,
+        tuple(inv.ravel()[:8]),
+        Image.Resampling.BILINEAR,
     )
     planes = np.asarray(warped, dtype=np.float32) * np.float32(1 / 255)
     fin_a = planes[:, :, 1:2]
@@ -243,13 +280,14 @@ def render_photo(tex: FinTexture, rng: np.random.Generator, size: tuple[int, int
     lo, hi = outline.min(axis=0), outline.max(axis=0)
     centre, extent = (lo + hi) / 2, max(float((hi - lo).max()), 1.0)
     phi, strength = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.5)
-    gx = np.clip((np.arange(w) - centre[0]) * np.cos(phi) / extent, -1, 1)
-    gy = np.clip((np.arange(h) - centre[1]) * np.sin(phi) / extent, -1, 1)
+    gx = np.clip((np.arange(rx0, rx1) - centre[0]) * np.cos(phi) / extent, -1, 1)
+    gy = np.clip((np.arange(ry0, ry1) - centre[1]) * np.sin(phi) / extent, -1, 1)
     light = (1 + strength * (gy[:, None] + gx[None, :]) / 2).astype(np.float32)
     shade = planes[:, :, 0] * (light * np.float32(255 * _SHADE_SCALE))
     animal = shade[:, :, None] * _fin_colour(rng)
-    img += (animal - img) * back_a
-    img += (animal - img) * fin_a
+    region = img[ry0:ry1, rx0:rx1]
+    region += (animal - region) * back_a
+    region += (animal - region) * fin_a
 
     box = np.array([*np.clip(lo, 0, None), min(hi[0], w), min(hi[1], h)])
     if rng.random() < 0.25:
@@ -263,9 +301,10 @@ def render_photo(tex: FinTexture, rng: np.random.Generator, size: tuple[int, int
     np.clip(img, 0, 1, out=img)
     out = Image.fromarray((img * 255 + 0.5).astype(np.uint8)).point(_camera_lut(rng))
     if rng.random() < 0.6:
-        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.4) * w / 512))
-    sigma = np.float32(rng.uniform(1, 8))
-    noisy = np.asarray(out, dtype=np.float32) + rng.standard_normal((h, w, 3), np.float32) * sigma
+        out = out.filter(ImageFilter.BoxBlur(rng.uniform(0.3, 1.2) * w / 512))
+    noisy = np.asarray(out, dtype=np.float32) + _sensor_noise(rng, (h, w, 3), rng.uniform(1, 8))
     pixels = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+    mask = np.zeros((h, w), dtype=np.float32)
+    mask[ry0:ry1, rx0:rx1] = fin_a[:, :, 0]
     x1, y1, x2, y2 = (float(v) for v in box)
-    return Photo(image=pixels, box=(x1, y1, x2, y2), fin_mask=fin_a[:, :, 0])
+    return Photo(image=pixels, box=(x1, y1, x2, y2), fin_mask=mask)

@@ -18,10 +18,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from gallery.errors import WhaleidError
-from training.synth.render import fin_texture, render_photo
-from training.synth.shapes import make_individual, make_species, stable_hex
+from training.synth.render import FinTexture, Photo, fin_texture, render_photo
+from training.synth.shapes import Individual, Species, make_individual, make_species, stable_hex
 
-__all__ = ["OUTPUTS", "CatalogueSummary", "SynthError", "make_catalogue"]
+__all__ = [
+    "OUTPUTS",
+    "CatalogueSummary",
+    "SynthError",
+    "encode_jpeg",
+    "individual",
+    "make_catalogue",
+    "render",
+]
 
 FORMAT_VERSION = 1
 JPEG_QUALITY = 92
@@ -84,7 +92,21 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def _jpeg(pixels: np.ndarray) -> bytes:
+def individual(seed: int, index: int, kinds: list[Species]) -> Individual:
+    """Individual `index` of a catalogue made with `seed` (species assigned round-robin)."""
+    ind_id = stable_hex(seed, "individual", index)
+    return make_individual(_rng(seed, _INDIVIDUAL, index), ind_id, kinds[index % len(kinds)])
+
+
+def render(
+    seed: int, index: int, photo: int, tex: FinTexture, size: tuple[int, int]
+) -> tuple[str, Photo]:
+    """Photo `photo` of individual `index`: its file name and pixels, box and fin mask."""
+    name = f"{stable_hex(seed, 'photo', index, photo)}.jpg"
+    return name, render_photo(tex, _rng(seed, _PHOTO, index, photo), size)
+
+
+def encode_jpeg(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
@@ -116,18 +138,16 @@ def make_catalogue(
     bar = tqdm(total=individuals * photos, desc="synth", unit="photo", disable=not progress)
     with bar:
         for i in range(individuals):
-            ind_id = stable_hex(seed, "individual", i)
-            ids.append(ind_id)
-            kind = kinds[i % species]
-            tex = fin_texture(make_individual(_rng(seed, _INDIVIDUAL, i), ind_id, kind))
+            ind = individual(seed, i, kinds)
+            ids.append(ind.id)
+            tex = fin_texture(ind)
             for j in range(photos):
-                name = f"{stable_hex(seed, 'photo', i, j)}.jpg"
+                name, photo = render(seed, i, j, tex, (w, h))
                 if name in boxes:  # 48 bits of hash: never in practice, but never silently
                     raise SynthError(f"image name clash at individual {i}, photo {j}")
-                photo = render_photo(tex, _rng(seed, _PHOTO, i, j), (w, h))
-                (out / "images" / name).write_bytes(_jpeg(photo.image))
+                (out / "images" / name).write_bytes(encode_jpeg(photo.image))
                 boxes[name] = photo.box
-                rows.append((name, kind.name, ind_id))
+                rows.append((name, ind.species.name, ind.id))
                 bar.update()
     if len(set(ids)) != len(ids):
         raise SynthError("individual id clash; choose another --seed")
