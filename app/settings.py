@@ -7,11 +7,13 @@ factory and `whaleid serve` build a Settings when they need one (tests build the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from app.decode import DEFAULT_DRAFT_SIDE, DEFAULT_MAX_PIXELS
 from app.keys import KeyRecord
@@ -41,8 +43,9 @@ class Settings(BaseSettings):
     # What to serve.
     bundle: Path = Field(description="model bundle folder (holds manifest.json)")
     gallery: str = Field(
-        "sqlite:///gallery.db",
-        description="gallery store URL: sqlite:///path.db or postgresql://user@host/db",
+        "gallery.db",
+        description="gallery store: a SQLite file path, sqlite:///abs/path.db or "
+        "postgresql://user:password@host/db",
     )
     photos_dir: Path | None = Field(
         None, description="where registered photos are kept (evidence thumbnails); none: not kept"
@@ -61,10 +64,10 @@ class Settings(BaseSettings):
     )
 
     # Inference.
-    providers: list[str] | None = Field(
+    providers: Annotated[list[str] | None, NoDecode] = Field(
         None,
-        description='onnxruntime providers in order, e.g. ["cuda"] or ["tensorrt", "cuda"]; '
-        "default: CUDA when present, else CPU",
+        description="onnxruntime providers in order, comma separated (cuda; tensorrt,cuda; "
+        "cpu) or a JSON list; default: CUDA when present, else CPU",
     )
     max_batch: int = Field(16, ge=1, le=1024, description="most photos embedded in one call")
     max_wait_ms: float = Field(
@@ -105,6 +108,16 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     review_page: bool = Field(True, description="serve the review page at /review")
 
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [p.strip() for p in text.split(",") if p.strip()] or None
+        return value
+
     @field_validator("bundle")
     @classmethod
     def _bundle_is_a_bundle(cls, value: Path) -> Path:
@@ -126,10 +139,12 @@ class Settings(BaseSettings):
     @field_validator("gallery")
     @classmethod
     def _gallery_is_a_url(cls, value: str) -> str:
+        if "://" not in value:  # a bare path is a SQLite file
+            return f"sqlite:///{Path(value).expanduser().resolve()}"
         if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ValueError(
-                f"{value!r} is not a gallery URL: use sqlite:///path/to/gallery.db or "
-                "postgresql://user:password@host:5432/database"
+                f"{value!r} is not a gallery: use a SQLite file path, sqlite:///path/gallery.db "
+                "or postgresql://user:password@host:5432/database"
             )
         return value
 
@@ -151,6 +166,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from exc
+    except SourceError as exc:  # a WHALEID_* value that should be JSON and is not
+        raise SettingsError(f"invalid settings: {exc}") from exc
 
 
 def describe(exc: ValidationError) -> str:
@@ -160,9 +177,9 @@ def describe(exc: ValidationError) -> str:
         field = str(error["loc"][0]) if error["loc"] else ""
         name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "is required"
-        elif error["type"] == "extra_forbidden":
-            message = "is not a setting (check the spelling)"
-        lines.append(f"{name} {message}" if message == "is required" else f"{name}: {message}")
+        if error["type"] in ("missing", "extra_forbidden"):
+            message = "is required" if error["type"] == "missing" else "is not a setting"
+            lines.append(f"{name} {message}")
+            continue
+        lines.append(f"{name}: {message}")
     return "invalid settings: " + "; ".join(lines)

@@ -1,0 +1,156 @@
+"""The identification service end to end: a real `whaleid serve` process, real multipart
+requests over TCP, a SQLite gallery on disk that survives a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures.service import (
+    GALLERY_INDIVIDUALS,
+    GALLERY_PHOTOS,
+    Server,
+    catalogue_photos,
+)
+
+pytestmark = pytest.mark.slow
+
+NEW = "new_individual"
+
+
+def jpeg_part(path: Path) -> dict[str, tuple[str, bytes, str]]:
+    return {"image": (path.name, path.read_bytes(), "image/jpeg")}
+
+
+def test_identify_answers_five_predictions_with_new_individual(
+    service: Server, catalogue: Path
+) -> None:
+    photos = catalogue_photos(catalogue)
+    known = next(iter(photos))
+    query = photos[known][GALLERY_PHOTOS]  # a photo that is not in the gallery
+    with service.client(service.read_key) as client:
+        response = client.post("/identify", files=jpeg_part(query))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    predictions = body["predictions"]
+    assert len(predictions) == 5
+    ids = [p["individual_id"] for p in predictions]
+    assert NEW in ids and len(set(ids)) == 5
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True)
+    for p in predictions:
+        if p["individual_id"] == NEW:
+            assert p["evidence"] is None and p["score"] == pytest.approx(body["threshold"])
+        else:
+            assert p["evidence"]["similarity"] == pytest.approx(p["score"])
+    assert len(body["model"]) == 64
+    assert {"decode", "queue", "embed", "search", "total"} <= set(body["timing_ms"])
+
+
+def test_top_k_and_species_filter(service: Server, catalogue: Path) -> None:
+    photos = catalogue_photos(catalogue)
+    query = photos[list(photos)[1]][GALLERY_PHOTOS]
+    with service.client(service.read_key) as client:
+        three = client.post("/identify", files=jpeg_part(query), data={"top_k": "3"})
+        bad = client.post("/identify", files=jpeg_part(query), data={"top_k": "0"})
+    assert three.status_code == 200 and len(three.json()["predictions"]) == 3
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_field"
+
+
+def test_registered_individual_ranks_first_and_survives_a_restart(
+    service: Server, catalogue: Path
+) -> None:
+    photos = catalogue_photos(catalogue)
+    stranger = list(photos)[GALLERY_INDIVIDUALS + 3]  # not in the gallery
+    first, other = photos[stranger][0], photos[stranger][1]
+    with service.client(service.write_key) as client:
+        registered = client.post(
+            "/gallery",
+            files=jpeg_part(first),
+            data={"individual_id": "newcomer-1", "encounter": "survey 7"},
+        )
+        assert registered.status_code == 201, registered.text
+        (image,) = registered.json()["images"]
+        assert image["created"] is True and isinstance(image["image_id"], int)
+        before = client.post("/identify", files=jpeg_part(other)).json()
+    assert before["predictions"][0]["individual_id"] == "newcomer-1"
+
+    service.restart()
+    with service.client(service.read_key) as client:
+        after = client.post("/identify", files=jpeg_part(other)).json()
+        detail = client.get("/gallery/individuals/newcomer-1")
+    assert after["predictions"][0]["individual_id"] == "newcomer-1"
+    assert after["predictions"][0]["score"] == pytest.approx(before["predictions"][0]["score"])
+    assert detail.status_code == 200
+    assert [i["id"] for i in detail.json()["images"]] == [image["image_id"]]
+
+
+def test_gallery_resources(service: Server, catalogue: Path) -> None:
+    photos = catalogue_photos(catalogue)
+    someone = list(photos)[GALLERY_INDIVIDUALS + 5]
+    write = service.client(service.write_key)
+    read = service.client(service.read_key)
+    with write, read:
+        made = write.post(
+            "/gallery",
+            files=[("image", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[someone][:2]],
+            data={"individual_id": "to-delete", "metadata": '{"sex": "F"}'},
+        )
+        assert made.status_code == 201, made.text
+        ids = [i["image_id"] for i in made.json()["images"]]
+        again = write.post(
+            "/gallery", files=jpeg_part(photos[someone][0]), data={"individual_id": "x-2"}
+        )
+        assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+
+        listing = read.get("/gallery/individuals", params={"limit": 1000}).json()
+        assert "to-delete" in [i["id"] for i in listing["items"]]
+        detail = read.get("/gallery/individuals/to-delete").json()
+        assert detail["image_count"] == 2 and detail["metadata"] == {"sex": "F"}
+
+        assert write.delete(f"/gallery/images/{ids[0]}").status_code == 204
+        assert read.get("/gallery/individuals/to-delete").json()["image_count"] == 1
+        assert write.delete("/gallery/individuals/to-delete").status_code == 204
+        gone = read.get("/gallery/individuals/to-delete")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+        assert write.delete(f"/gallery/images/{ids[1]}").status_code == 404
+        assert read.get("/gallery/individuals/bad id!").status_code in (404, 422)
+
+
+def test_keys_missing_wrong_or_insufficient(service: Server, catalogue: Path) -> None:
+    query = next(iter(catalogue_photos(catalogue).values()))[0]
+    data = {"individual_id": "intruder"}
+    with service.client() as anonymous:
+        missing = anonymous.post("/identify", files=jpeg_part(query))
+        missing_write = anonymous.post("/gallery", files=jpeg_part(query), data=data)
+    with service.client("whid_not-a-real-key") as stranger:
+        wrong = stranger.post("/identify", files=jpeg_part(query))
+    with service.client(service.read_key) as reader:
+        too_small = reader.post("/gallery", files=jpeg_part(query), data=data)
+        delete = reader.delete("/gallery/individuals/intruder")
+    for response, status, code in [
+        (missing, 401, "missing_key"),
+        (missing_write, 401, "missing_key"),
+        (wrong, 403, "forbidden"),
+        (too_small, 403, "forbidden"),
+        (delete, 403, "forbidden"),
+    ]:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code
+
+
+def test_health_ready_metrics_and_docs(service: Server) -> None:
+    with service.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["gallery_size"] >= GALLERY_INDIVIDUALS
+        metrics = client.get("/metrics").text
+        missing = client.get("/no/such/path")
+        schema = client.get("/openapi.json").json()
+    assert 'whaleid_request_seconds_count{method="POST",route="/identify"' in metrics
+    assert "whaleid_batch_size_bucket" in metrics and "whaleid_gallery_images" in metrics
+    assert 'whaleid_errors_total{code="missing_key",status="401"}' in metrics
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    identify = schema["paths"]["/identify"]["post"]
+    assert {"400", "401", "403", "413", "415", "422", "503"} <= set(identify["responses"])
+    assert "ErrorResponse" in schema["components"]["schemas"]
