@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -22,29 +23,27 @@ from gallery.metrics import map_at_k
 from gallery.rank import NEW_INDIVIDUAL
 from gallery.records import NewImage
 
+if TYPE_CHECKING:
+    from training.catalogue import Photo
 
-def fill_gallery(bundle: Path, db: Path, photos: Sequence[object]) -> None:
-    """Register catalogue photos with their boxes, as `whaleid gallery import` does."""
-    pipeline = Pipeline.from_bundle(bundle)
-    items = []
-    for start in range(0, len(photos), 32):
-        part = photos[start : start + 32]
-        vectors = pipeline.embed(
-            [open_image(p.path) for p in part],  # type: ignore[attr-defined]
-            boxes=[p.box for p in part],  # type: ignore[attr-defined]
-        ).vectors
-        for photo, vector in zip(part, vectors, strict=True):
-            image = NewImage(
-                content=photo.path.read_bytes(),  # type: ignore[attr-defined]
-                filename=photo.image,  # type: ignore[attr-defined]
-                vector=vector,
-                box=photo.box,  # type: ignore[attr-defined]
-            )
-            items.append(ImportItem(photo.individual_id, photo.species, image))  # type: ignore[attr-defined]
-    with Gallery.open(
-        f"sqlite:///{db}", fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim
-    ) as gallery:
-        gallery.import_images(items)
+
+def import_gallery(bundle: Path, db: Path, photos: Sequence[Photo]) -> None:
+    """`whaleid gallery import` of these catalogue photos with their boxes (a sub-catalogue:
+    train.csv and boxes.csv of just them, beside the catalogue's own images folder)."""
+    folder = db.parent / f"{db.stem}-catalogue"
+    folder.mkdir()
+    (folder / "images").symlink_to(photos[0].path.parent)
+    with (folder / "train.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows(
+            [("image", "species", "individual_id")]
+            + [(p.image, p.species, p.individual_id) for p in photos]
+        )
+    with (folder / "boxes.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows(
+            [("image", "x1", "y1", "x2", "y2")] + [(p.image, *p.box) for p in photos if p.box]
+        )
+    args = ["gallery", "--gallery", str(db), "import", "--bundle", str(bundle)]
+    assert main([*args, "--catalogue", str(folder)]) == 0
 
 
 def read_submission(path: Path) -> dict[str, list[str]]:
@@ -80,7 +79,7 @@ def test_predict_scores_the_ensemble_as_export_tuned_it(
     from training.runs import Run
 
     open_set = Run(tiny_run).open_set_split()
-    fill_gallery(bundle, tmp_path / "gallery.db", open_set.gallery)
+    import_gallery(bundle, tmp_path / "gallery.db", open_set.gallery)
     queries = tmp_path / "queries"
     queries.mkdir()
     for photo in open_set.queries:
@@ -113,7 +112,7 @@ def test_predict_agrees_with_whaleid_evaluate(tiny_run: Path, tmp_path: Path) ->
     run = Run(tiny_run)
     bundle = export_bundle([tiny_run], tmp_path / "bundle").bundle
     open_set = run.open_set_split()
-    fill_gallery(bundle, tmp_path / "gallery.db", open_set.gallery)
+    import_gallery(bundle, tmp_path / "gallery.db", open_set.gallery)
     queries = tmp_path / "queries"
     queries.mkdir()
     for photo in open_set.queries:
