@@ -1,0 +1,224 @@
+"""`whaleid demo`: from nothing to a serving identification service on a CPU, in a few minutes.
+
+    whaleid demo --out .demo [--port 8000] [--no-serve]
+
+Each step is the project's own code, run on a small synthetic catalogue: `whaleid synth`'s
+make_catalogue, the tiny training config (configs/tiny.yaml), a narrow YOLO detector trained
+for a few epochs, export_bundle, `whaleid gallery import` (every photo but one per individual,
+which are kept back as queries), a write key made by `whaleid keys`, and `whaleid serve` on a
+SQLite gallery. A step whose output is already in --out is skipped, so a second run starts
+serving at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from gallery.errors import WhaleidError
+
+__all__ = ["build_parser", "run"]
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "tiny.yaml"
+
+CATALOGUE = {"individuals": 24, "photos": 6, "species": 3, "seed": 7, "image_size": (320, 240)}
+# A YOLO11 narrower than its smallest shipped scale, at 160 px: the synthetic fins are big,
+# plain objects, and the demo must train on a laptop CPU in a couple of minutes.
+DETECTOR_SCALE = [0.33, 0.125, 256]  # depth, width, max channels
+DETECTOR_RECIPE = {
+    "imgsz": 160,
+    "epochs": 20,
+    "batch": 8,
+    "seed": 0,
+    "device": "cpu",
+    "workers": 0,
+    "cache": True,
+    "overrides": {
+        "val": False,
+        "warmup_epochs": 1,
+        "mosaic": 0.0,
+        "close_mosaic": 0,
+        "optimizer": "AdamW",
+        "lr0": 0.006,
+        "scale": 0.25,
+    },
+}
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Make a synthetic catalogue, train a tiny embedder and detector, export a "
+        "bundle, import a gallery and serve it on this machine's CPU.",
+    )
+    parser.add_argument("--out", type=Path, default=Path(".demo"), help="work folder (.demo)")
+    parser.add_argument("--port", type=int, default=8000, help="port to serve on (8000)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    parser.add_argument(
+        "--no-serve", action="store_true", help="build everything, print how to serve, exit"
+    )
+    return parser
+
+
+def _step(title: str) -> float:
+    print(f"== {title}", file=sys.stderr, flush=True)
+    return time.perf_counter()
+
+
+def _done(start: float) -> None:
+    print(f"   done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+
+def make_catalogue(out: Path) -> Path:
+    from training.synth import make_catalogue as synth
+
+    folder = out / "catalogue"
+    if not (folder / "train.csv").is_file():
+        start = _step(f"synthetic catalogue → {folder}")
+        synth(folder, overwrite=True, **CATALOGUE)  # type: ignore[arg-type]
+        _done(start)
+    return folder
+
+
+def split_gallery(catalogue: Path, out: Path) -> tuple[Path, list[Path]]:
+    """A catalogue folder of every photo but each individual's last (the gallery) and those
+    last photos (queries to try). The images folder is shared, not copied."""
+    folder = out / "gallery-catalogue"
+    with (catalogue / "train.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    last: dict[str, dict[str, str]] = {}
+    for row in rows:
+        last[row["individual_id"]] = row
+    held = {row["image"] for row in last.values()}
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "train.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image", "species", "individual_id"])
+        writer.writeheader()
+        writer.writerows(
+            {k: r[k] for k in ("image", "species", "individual_id")}
+            for r in rows
+            if r["image"] not in held
+        )
+    images = folder / "images"
+    if not images.exists():
+        images.symlink_to((catalogue / "images").resolve(), target_is_directory=True)
+    if (catalogue / "boxes.csv").is_file():
+        (folder / "boxes.csv").write_text((catalogue / "boxes.csv").read_text())
+    return folder, [catalogue / "images" / name for name in sorted(held)]
+
+
+def train_embedder(catalogue: Path, out: Path) -> Path:
+    from training.config import load_config
+    from training.loop import train
+
+    run_dir = out / "runs" / "embedder"
+    if not (run_dir / "evaluation.json").is_file():
+        start = _step(f"tiny embedder ({TINY_CONFIG.name}) → {run_dir}")
+        cfg = load_config(TINY_CONFIG, [f"data.catalogue={catalogue}", f"out={out / 'runs'}"])
+        train(cfg, run_dir)
+        _done(start)
+    return run_dir
+
+
+def train_detector(catalogue: Path, out: Path) -> Path:
+    import yaml
+
+    from training.detector import yolo
+    from training.detector.config import DetectorTrainConfig
+    from training.detector.run import RUN_FILE
+    from training.detector.train import train_detector as train
+
+    run_dir = out / "runs" / "detector"
+    if not (run_dir / RUN_FILE).is_file():
+        start = _step(f"tiny fin detector → {run_dir}")
+        yolo.load()  # ultralytics' offline switches, before anything imports it
+        import ultralytics
+
+        source = Path(ultralytics.__file__).parent / "cfg" / "models" / "11" / "yolo11.yaml"
+        model = yaml.safe_load(source.read_text())
+        model["scales"] = {"n": DETECTOR_SCALE}
+        model_yaml = out / "runs" / "yolo11-narrow.yaml"
+        model_yaml.parent.mkdir(parents=True, exist_ok=True)
+        model_yaml.write_text(yaml.safe_dump(model, sort_keys=False))
+        train(catalogue, run_dir, DetectorTrainConfig(model=str(model_yaml), **DETECTOR_RECIPE))  # type: ignore[arg-type]
+        _done(start)
+    return run_dir
+
+
+def export(embedder: Path, detector: Path, out: Path) -> Path:
+    from training.export import export_bundle
+
+    bundle = out / "bundle"
+    if not (bundle / "manifest.json").is_file():
+        start = _step(f"export → {bundle}")
+        export_bundle([embedder], bundle, detector_run=detector, providers=["cpu"])
+        _done(start)
+    return bundle
+
+
+def import_gallery(bundle: Path, catalogue: Path, out: Path) -> Path:
+    from app.commands import gallery
+
+    db = out / "gallery.db"
+    if not db.is_file():
+        start = _step(f"gallery import → {db}")
+        args = gallery.build_parser("whaleid gallery").parse_args(
+            ["--gallery", str(db), "import", "--bundle", str(bundle), "--catalogue", str(catalogue)]
+        )
+        gallery.run(args)
+        _done(start)
+    return db
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.commands import serve
+    from app.keys import add_key
+
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not TINY_CONFIG.is_file():
+        raise WhaleidError(f"{TINY_CONFIG} is missing: run the demo from a source checkout")
+    catalogue = make_catalogue(out)
+    gallery_catalogue, queries = split_gallery(catalogue, out)
+    embedder = train_embedder(catalogue, out)
+    detector = train_detector(catalogue, out)
+    bundle = export(embedder, detector, out)
+    db = import_gallery(bundle, gallery_catalogue, out)
+    keys_file = out / "keys.json"
+    key, _ = add_key(keys_file, scope="write", name="demo")
+
+    url = f"http://{args.host}:{args.port}"
+    query = shlex.quote(str(queries[0]))
+    print(
+        f"""
+whaleid demo: bundle {bundle}, gallery {db} ({len(queries)} individuals; one photo of each
+kept back as a query in {catalogue / "images"}).
+
+A write key for this demo (shown once; its hash is in {keys_file}):
+  export WHALEID_KEY={key}
+
+Try it (the photo is held back from the gallery; its individual should rank first):
+  curl -s -H "X-API-Key: $WHALEID_KEY" -F image=@{query} {url}/identify
+  curl -s -H "X-API-Key: $WHALEID_KEY" -F image=@{query} -F individual_id=my-new-fin {url}/gallery
+  curl -s -H "X-API-Key: $WHALEID_KEY" {url}/gallery/individuals
+  open {url}/docs (the API) or {url}/review (upload a photo, see the top-5)
+""",
+        flush=True,
+    )
+    serve_args = [
+        "--bundle", str(bundle),
+        "--gallery", str(db),
+        "--keys-file", str(keys_file),
+        "--host", args.host,
+        "--port", str(args.port),
+        "--providers", "cpu",
+    ]  # fmt: skip
+    if args.no_serve:
+        print("serve it with:\n  whaleid serve " + shlex.join(serve_args))
+        return 0
+    return serve.run(serve.build_parser("whaleid serve").parse_args(serve_args))
