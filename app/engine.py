@@ -9,6 +9,7 @@ at shutdown. Routes only call its async methods, so nothing heavy runs on the ev
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -226,6 +227,21 @@ class Engine:
 
     async def delete_individual(self, individual_id: str) -> None:
         await self._gallery(self.gallery.delete_individual, individual_id)
+
+    async def thumbnail(self, image_id: int, size: int) -> bytes:
+        """A JPEG of a gallery photo, upright, its longer side at most `size` (evidence to
+        show a person); NotFoundError when the gallery keeps no photos."""
+
+        def make() -> bytes:
+            photo = decode_image(
+                self.gallery.photo(image_id), max_pixels=self.settings.max_pixels, draft_side=size
+            )
+            photo.thumbnail((size, size))
+            buf = io.BytesIO()
+            photo.save(buf, format="JPEG", quality=85)
+            return buf.getvalue()
+
+        return await run_in_threadpool(make)
 
     async def delete_image(self, image_id: int) -> None:
         await self._gallery(self.gallery.delete_image, image_id)

@@ -3,6 +3,7 @@ requests over TCP, a SQLite gallery on disk that survives a restart."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from fixtures.service import (
     Server,
     catalogue_photos,
 )
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +156,19 @@ def test_health_ready_metrics_and_docs(service: Server) -> None:
     identify = schema["paths"]["/identify"]["post"]
     assert {"400", "401", "403", "413", "415", "422", "503"} <= set(identify["responses"])
     assert "ErrorResponse" in schema["components"]["schemas"]
+
+
+def test_review_page_and_evidence_thumbnails(service: Server, catalogue: Path) -> None:
+    photos = catalogue_photos(catalogue)
+    query = photos[next(iter(photos))][GALLERY_PHOTOS]
+    with service.client(service.read_key) as client:
+        page = client.get("/review")
+        answer = client.post("/identify", files=jpeg_part(query)).json()
+        evidence = next(p["evidence"] for p in answer["predictions"] if p["evidence"])
+        thumb = client.get(f"/gallery/images/{evidence['image_id']}/thumbnail", params={"size": 64})
+        missing = client.get("/gallery/images/999999/thumbnail")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "identify" in page.text
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 64
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

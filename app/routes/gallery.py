@@ -139,6 +139,25 @@ async def delete_individual(
     return Response(status_code=204)
 
 
+@router.get(
+    "/images/{image_id}/thumbnail",
+    response_class=Response,
+    summary="A gallery photo as a small JPEG (evidence)",
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the upright photo, scaled down"},
+        **responses(401, 403, 404, 422, 503),
+    },
+)
+async def thumbnail(
+    _key: ReadAccess,
+    engine: EngineDep,
+    image_id: Annotated[int, Path(ge=0, description="the image's id")],
+    size: Annotated[int, Query(ge=16, le=1024, description="longer side in pixels")] = 256,
+) -> Response:
+    content = await engine.thumbnail(image_id, size)
+    return Response(content, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
 @router.delete(
     "/images/{image_id}",
     status_code=204,
