@@ -167,7 +167,9 @@ def load_catalogue(cfg: DataConfig) -> Catalogue:
         path = images / row["image"]
         try:
             size = open_image(path).size
-        except WhaleidError as exc:
+        except (WhaleidError, OSError, ValueError) as exc:
+            # app.decode lets some of Pillow's own errors through (a truncated PNG header
+            # raises OSError in Image.open): unreadable all the same.
             unreadable.append(f"{row['image']} ({exc})")
             continue
         box = boxes.get(row["image"])

@@ -147,6 +147,7 @@ class EvalConfig(_Strict):
     flip_tta: bool = Field(False, description="average embeddings with the flipped crop")
     neighbours: int = Field(50, ge=5, description="kNN hits per query before ranking")
     every: int = Field(1, ge=0, description="evaluate every n epochs (0: only at the end)")
+    at_end: bool = Field(True, description="tune the threshold when training ends")
     batch_size: int = Field(64, ge=1)
     threshold_step: float = Field(0.005, gt=0.0, description="threshold sweep resolution")
 

@@ -272,7 +272,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, dist: Dist, device: to
         # `best` lives on process 0; the others never use it.
         wrapped.train()
 
-    if dist.is_main:
+    if dist.is_main and cfg.eval.at_end:
         evaluate_run(run, device=device)
     dist.barrier()
     return run_dir

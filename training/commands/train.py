@@ -8,6 +8,7 @@ torchrun --nproc_per_node=2 -m training.commands.train --config ...   (DDP)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = train(cfg, args.run_dir)
     evaluation = Run(run_dir).evaluation
-    if evaluation:
+    if evaluation and os.environ.get("RANK", "0") == "0":
         print(
             f"run {run_dir}: open-set MAP@5 {evaluation['map5']:.4f} (known "
             f"{evaluation['map5_known']:.4f}, new {evaluation['map5_new']:.4f}) at threshold "
