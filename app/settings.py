@@ -36,7 +36,9 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX,
         env_file=".env",
         env_file_encoding="utf-8",
-        extra="forbid",
+        # Other programs' variables share .env (docker-compose reads it too): ignored here;
+        # a misspelt WHALEID_* one is named in a warning by load_settings.
+        extra="ignore",
         validate_default=True,
     )
 
@@ -162,12 +164,35 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and `.env`, with `overrides` on top; a SettingsError names
     each variable that is missing or wrong."""
+    _warn_unknown()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from exc
     except SourceError as exc:  # a WHALEID_* value that should be JSON and is not
         raise SettingsError(f"invalid settings: {exc}") from exc
+
+
+def _warn_unknown() -> None:
+    """Warn about WHALEID_* names that are no setting (a typo would otherwise be silent)."""
+    import difflib
+    import logging
+    import os
+
+    from dotenv import dotenv_values
+
+    names = set(os.environ)
+    if Path(".env").is_file():
+        names |= set(dotenv_values(".env"))
+    fields = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    # Names the scripts and the demo use for themselves.
+    own = {f"{ENV_PREFIX}VENV", f"{ENV_PREFIX}KEY"}
+    for name in sorted(n for n in names if n.upper().startswith(ENV_PREFIX)):
+        if name.upper() in fields or name.upper() in own:
+            continue
+        close = difflib.get_close_matches(name.upper(), fields, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        logging.getLogger("whaleid.app").warning("%s is not a setting: ignored%s", name, hint)
 
 
 def describe(exc: ValidationError) -> str:
