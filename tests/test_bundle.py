@@ -15,7 +15,9 @@ from app.manifest import BundleError, Manifest
 from app.pipeline import Pipeline
 from gallery.errors import WhaleidError
 
-pytestmark = pytest.mark.slow
+# The first test to ask for the bundle trains two tiny runs and the detector (minutes on a
+# shared CPU): more than the suite's default per-test timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 torch = pytest.importorskip("torch")
 
 

@@ -71,6 +71,7 @@ def predict(bundle: Path, db: Path, images: Path, out: Path) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # may be the first to ask for the trained bundle
 def test_predict_scores_the_ensemble_as_export_tuned_it(
     bundle: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
@@ -102,6 +103,7 @@ def test_predict_scores_the_ensemble_as_export_tuned_it(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # may be the first to ask for the trained bundle
 def test_predict_agrees_with_whaleid_evaluate(tiny_run: Path, tmp_path: Path) -> None:
     """One run, no detector, queries given as the crops evaluation embeds: the CSV's MAP@5 is
     the run's own evaluation figure (torch there, onnxruntime here)."""
@@ -179,6 +181,8 @@ def test_predict_refuses_a_missing_gallery(
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # may be the first to ask for the trained bundle
 def test_predict_answers_as_the_service_does(
     service: Server, service_bundle: Path, catalogue: Path, tmp_path: Path
 ) -> None:
