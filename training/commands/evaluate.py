@@ -19,21 +19,26 @@ def build_parser(prog: str = "whaleid evaluate") -> argparse.ArgumentParser:
     return parser
 
 
+def _f(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def format_evaluation(evaluation: dict) -> str:
+    """The figures as a markdown table (n/a where there were no known or no new queries)."""
     lines = [
         "| figure | value |",
         "| --- | --- |",
         f"| threshold (tuned on open-set validation) | {evaluation['threshold']:.3f} |",
-        f"| open-set MAP@5, all | {evaluation['map5']:.4f} |",
-        f"| open-set MAP@5, known | {evaluation['map5_known']:.4f} |",
-        f"| open-set MAP@5, new | {evaluation['map5_new']:.4f} |",
+        f"| open-set MAP@5, all | {_f(evaluation['map5'])} |",
+        f"| open-set MAP@5, known | {_f(evaluation['map5_known'])} |",
+        f"| open-set MAP@5, new | {_f(evaluation['map5_new'])} |",
         f"| queries (new) | {evaluation['queries']} ({evaluation['queries_new']}) |",
         f"| gallery photos (individuals) | {evaluation['gallery']} "
         f"({evaluation['gallery_individuals']}) |",
     ]
     closed = evaluation.get("closed_set")
     if closed:
-        lines.append(f"| closed-set fold MAP@5 at the threshold | {closed['map5']:.4f} |")
+        lines.append(f"| closed-set fold MAP@5 at the threshold | {_f(closed['map5'])} |")
     lines.append(f"| epoch, flip TTA | {evaluation.get('epoch')}, {evaluation.get('flip_tta')} |")
     return "\n".join(lines)
 

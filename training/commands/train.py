@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from gallery.errors import NotFoundError
+from training.commands.evaluate import format_evaluation
 from training.config import load_config
 from training.runs import CONFIG, Run
 
@@ -47,11 +48,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir = train(cfg, args.run_dir)
     evaluation = Run(run_dir).evaluation
     if evaluation and os.environ.get("RANK", "0") == "0":
-        print(
-            f"run {run_dir}: open-set MAP@5 {evaluation['map5']:.4f} (known "
-            f"{evaluation['map5_known']:.4f}, new {evaluation['map5_new']:.4f}) at threshold "
-            f"{evaluation['threshold']:.3f}"
-        )
+        print(f"run {run_dir}")
+        print(format_evaluation(evaluation))
     return 0
 
 
