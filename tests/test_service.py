@@ -4,6 +4,7 @@ requests over TCP, a SQLite gallery on disk that survives a restart."""
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,26 @@ def test_review_page_and_evidence_thumbnails(service: Server, catalogue: Path) -
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 64
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def batch_counts(metrics: str) -> tuple[float, float]:
+    """(photos embedded, batches run) from the batch-size histogram."""
+    values = {}
+    for line in metrics.splitlines():
+        if line.startswith(("whaleid_batch_size_sum", "whaleid_batch_size_count")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values["whaleid_batch_size_sum"], values["whaleid_batch_size_count"]
+
+
+def test_concurrent_requests_share_batches(service: Server, catalogue: Path) -> None:
+    photos = [p for group in catalogue_photos(catalogue).values() for p in group][:16]
+    with service.client(service.read_key) as client:
+        before = batch_counts(client.get("/metrics").text)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda p: client.post("/identify", files=jpeg_part(p)), photos))
+        after = batch_counts(client.get("/metrics").text)
+    assert all(a.status_code == 200 for a in answers)
+    embedded, batches = after[0] - before[0], after[1] - before[1]
+    assert embedded == len(photos)
+    assert batches < len(photos)  # some requests were embedded together
