@@ -1,0 +1,699 @@
+"""Service throughput: the raw onnxruntime models, the running service over HTTP, a seed pipeline.
+
+On one bundle and the held-out photos of the catalogue it was trained on, side by side in one
+run, each photo starting from its JPEG bytes in memory:
+(a) raw: the bundle's ONNX sessions (detector, then each embedder) called directly, one photo at
+    a time, with the shared preprocessing functions and the least numpy glue (then a flat
+    faiss search and gallery.rank): the floor under any serving overhead;
+(b) service: `whaleid serve` in a subprocess (WHALEID_* settings, a SQLite gallery of the
+    catalogue's gallery photos, an API key made for the run), real multipart POST /identify
+    over HTTP with httpx, at concurrency 1 and 8;
+(c) seed-style: what the Happywhale notebooks did per photo: the ultralytics detector and the
+    torch embedders in eager mode, PIL and torch tensor preprocessing one photo at a time, an
+    IndexFlatIP search and the seeds' pandas ranking (bench/ranking.py's `seed_ranking`).
+It prints images/s and p50/p95 latency of each, the ratios (b)/(a) and (b)/(c), and how often
+they agree on the top-1 individual (a sanity check, not timed). Everything runs on the CPU here;
+`--device cuda` gives the GPU rows (onnxruntime's CUDA provider, torch on cuda) where there is one.
+
+    nice python bench/service.py           # on the demo in .demo (built if missing)
+    nice python bench/service.py --bundle B --run R1 --run R2 --detector-run D [--catalogue C]
+    python bench/service.py --quick ...    # a smoke run (the test suite runs it on its fixtures)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":
+    # Run as a script, this folder comes first on sys.path and bench/gallery.py would shadow
+    # the `gallery` package: look in the repository root instead.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import faiss
+import httpx
+import numpy as np
+from onnxruntime import __version__ as ort_version
+from PIL import Image, ImageOps
+
+from app.decode import decode_image
+from app.embedder import combine, l2_normalize, open_session, resolve_providers
+from app.manifest import EmbedderSpec, Manifest
+from app.pipeline import Pipeline
+from app.preprocess import EmbedTransform, crop_box, hflip, letterbox, pad_box
+from gallery.rank import NEW, NEW_INDIVIDUAL, rank
+
+REPO = Path(__file__).resolve().parents[1]
+HITS = 50
+TOP_K = 5
+CONCURRENCY = (1, 8)
+QUICK_QUERIES = 6
+QUICK_GALLERY = 64
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _seed_ranking() -> Callable[..., list[list[int]]]:
+    """bench/ranking.py's seed_ranking, loaded from its file (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ranking", REPO / "bench" / "ranking.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.seed_ranking  # type: ignore[no-any-return]
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A bundle, the runs it was exported from (in manifest order) and its detector run."""
+
+    bundle: Path
+    runs: list[Path]
+    detector_run: Path | None
+    catalogue: Path | None = None
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One catalogue photo as the benchmark uses it: name, truth, JPEG bytes."""
+
+    image: str
+    individual_id: str
+    species: str
+    content: bytes
+
+
+def build_demo(work: Path) -> Inputs:
+    """The demo's catalogue, tiny embedder, tiny detector and bundle, made by `whaleid demo`'s own
+    steps in `work` (each skipped when its output is already there, as the demo does: a folder
+    where `whaleid demo --out WORK` ran is used as it is)."""
+    from training.commands import demo
+
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    catalogue = demo.make_catalogue(work)
+    embedder = demo.train_embedder(catalogue, work)
+    detector = demo.train_detector(catalogue, work)
+    bundle = demo.export(embedder, detector, work)
+    return Inputs(bundle, [embedder], detector, catalogue)
+
+
+def check_runs(manifest: Manifest, runs: Sequence[Path]) -> None:
+    """The runs must be the bundle's embedders, in its order: (c) stands in for them."""
+    from training.runs import Run
+
+    if len(runs) != len(manifest.embedders):
+        raise SystemExit(
+            f"--run: the bundle has {len(manifest.embedders)} embedders, {len(runs)} runs given"
+        )
+    for i, (spec, path) in enumerate(zip(manifest.embedders, runs, strict=True)):
+        model = Run(path).config.model
+        if (spec.timm_name, spec.output_dim) != (model.backbone, model.embedding_size):
+            raise SystemExit(
+                f"--run {path}: {model.backbone}/{model.embedding_size}, but the bundle's "
+                f"embedder {i} is {spec.timm_name}/{spec.output_dim} (give runs in bundle order)"
+            )
+
+
+def held_out(
+    run_dir: Path, catalogue: Path | None, quick: bool, limit: int | None
+) -> tuple[list[Photo], list[Photo]]:
+    """(gallery, queries): the run's training and open-set gallery photos, and its held-out
+    photos (the closed-set fold and the open-set queries, new individuals included)."""
+    from training.runs import Run
+
+    run = Run(run_dir)
+    splits = run.splits
+    by_name = {p.image: p for p in run.photos}
+    images = catalogue / run.config.data.images if catalogue is not None else None
+
+    def photo(name: str) -> Photo:
+        p = by_name[name]
+        path = images / name if images is not None else p.path
+        return Photo(name, p.individual_id, p.species, path.read_bytes())
+
+    query_names = splits.val + splits.open_set.queries
+    gallery_names = splits.train + splits.open_set.gallery
+    if quick:
+        # Spread the few queries over the held-out list; keep the gallery small, but holding
+        # every photo of the queries' individuals, so the top-1 means something.
+        step = max(1, len(query_names) // QUICK_QUERIES)
+        query_names = query_names[::step][:QUICK_QUERIES]
+        wanted = {by_name[n].individual_id for n in query_names}
+        mine = [n for n in gallery_names if by_name[n].individual_id in wanted]
+        others = [n for n in gallery_names if by_name[n].individual_id not in wanted]
+        gallery_names = mine + others[: max(0, QUICK_GALLERY - len(mine))]
+    if limit is not None:
+        query_names = query_names[:limit]
+    return [photo(n) for n in gallery_names], [photo(n) for n in query_names]
+
+
+# -- measurements ------------------------------------------------------------------------------
+
+
+@dataclass
+class Measure:
+    """One row of the table: per-photo latencies (ms), wall time and each query's top-1."""
+
+    key: str
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    top1: list[str] = field(default_factory=list)
+    server_ms: list[dict[str, float]] = field(default_factory=list)  # (b): its timing_ms
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.latencies_ms) / self.wall_s
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "images": len(self.latencies_ms),
+            "images_per_s": self.images_per_s,
+            "p50_ms": self.percentile(50),
+            "p95_ms": self.percentile(95),
+        }
+
+
+def time_serial(
+    key: str, name: str, identify: Callable[[Photo], str], queries: Sequence[Photo], repeat: int
+) -> Measure:
+    """One photo after another, `repeat` passes; the first pass's answers are the top-1s."""
+    identify(queries[0])  # warm-up: first-call allocations are not what we measure
+    measure = Measure(key, name)
+    start = time.perf_counter()
+    for round_ in range(repeat):
+        for photo in queries:
+            t0 = time.perf_counter()
+            top1 = identify(photo)
+            measure.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            if round_ == 0:
+                measure.top1.append(top1)
+    measure.wall_s = time.perf_counter() - start
+    return measure
+
+
+class GalleryData:
+    """The gallery photos embedded by the bundle's pipeline: vectors, crops, integer labels."""
+
+    def __init__(self, pipeline: Pipeline, photos: Sequence[Photo], batch: int = 32) -> None:
+        from app.pipeline import Crop
+
+        self.photos = list(photos)
+        names = sorted({p.individual_id for p in self.photos})
+        self.individuals = names
+        code = {n: i for i, n in enumerate(names)}
+        self.labels = np.array([code[p.individual_id] for p in self.photos], dtype=np.int64)
+        vectors, crops = [], []
+        for start in range(0, len(self.photos), batch):
+            chunk = self.photos[start : start + batch]
+            images = [decode_image(p.content, draft_side=None, name=p.image) for p in chunk]
+            embedded = pipeline.embed(images)
+            vectors.append(embedded.vectors)
+            crops += embedded.crops
+        self.vectors = np.concatenate(vectors)
+        self.crops: list[Crop | None] = crops
+
+    def name(self, code: int) -> str:
+        return NEW_INDIVIDUAL if code == NEW else self.individuals[code]
+
+
+# (a) ------------------------------------------------------------------------------------------
+
+
+class Raw:
+    """The bundle's ONNX files in bare onnxruntime sessions, fed one photo at a time."""
+
+    def __init__(self, bundle: Path, gallery: GalleryData, device: str) -> None:
+        self.manifest = Manifest.read(bundle, verify=True)
+        detector = self.manifest.detector
+        self.detector = None if detector is None else open_session(bundle / detector.file, [device])
+        self.embedders = [open_session(bundle / s.file, [device]) for s in self.manifest.embedders]
+        self.weights = [s.weight for s in self.manifest.embedders]
+        self.gallery = gallery
+        self.index = faiss.IndexFlatIP(gallery.vectors.shape[1])
+        self.index.add(gallery.vectors)
+
+    def box(self, img: Any) -> tuple[float, float, float, float] | None:
+        spec = self.manifest.detector
+        if self.detector is None or spec is None:
+            return None
+        x, placement = letterbox(img, spec.input_size)
+        name = self.detector.get_inputs()[0].name
+        rows = self.detector.run(None, {name: x[None]})[0][0]
+        top = int(np.argmax(rows[:, 4]))
+        if rows[top, 4] < spec.confidence or rows[top, 4] <= 0:
+            return None
+        x1, y1, x2, y2 = placement.unmap(rows[top : top + 1, :4])[0]
+        return None if x2 - x1 < 1 or y2 - y1 < 1 else (x1, y1, x2, y2)
+
+    def embed(self, crop: Any) -> np.ndarray:
+        arrays: dict[EmbedTransform, np.ndarray] = {}
+        parts = []
+        for spec, session in zip(self.manifest.embedders, self.embedders, strict=True):
+            if spec.transform not in arrays:
+                arrays[spec.transform] = spec.transform(crop)[None]
+            x = arrays[spec.transform]
+            if spec.flip_tta:
+                x = np.concatenate([x, hflip(x)])
+            inp = session.get_inputs()[0]
+            dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+            out = l2_normalize(session.run(None, {inp.name: x.astype(dtype)})[0])
+            parts.append(l2_normalize(out.sum(axis=0, keepdims=True)))
+        return combine(parts, self.weights)
+
+    def __call__(self, photo: Photo) -> str:
+        img = decode_image(photo.content, name=photo.image)  # the service's decoding
+        vector = self.embed(crop_box(img, self.box(img), self.manifest.box_padding))
+        sims, ids = self.index.search(vector, min(HITS, self.index.ntotal))
+        ranked = rank(sims, self.gallery.labels[ids], self.manifest.threshold, TOP_K)
+        return self.gallery.name(int(ranked.codes[0, 0]))
+
+
+# (b) ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """`whaleid serve` in a subprocess, configured the operator's way (WHALEID_* variables)."""
+
+    def __init__(self, bundle: Path, gallery_db: Path, workdir: Path, device: str) -> None:
+        from app.keys import add_key
+
+        self.key, _ = add_key(workdir / "keys.json", scope="read", name="bench/service.py")
+        self.port = free_port()
+        self.workdir = workdir
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WHALEID_")}
+        env.update(
+            PYTHONPATH=str(REPO),
+            WHALEID_BUNDLE=str(bundle.resolve()),
+            WHALEID_GALLERY=str(gallery_db.resolve()),
+            WHALEID_KEYS_FILE=str(workdir / "keys.json"),
+            WHALEID_PROVIDERS=device,
+            WHALEID_LOG_LEVEL="warning",
+        )
+        self.log = workdir / "server.log"
+        with self.log.open("wb") as out:
+            # cwd: the temporary folder, so no .env of the checkout changes the settings.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                cwd=workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"the server was not ready after {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # uvicorn shuts down gracefully on SIGTERM
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def fill_gallery(url: str, pipeline: Pipeline, gallery: GalleryData) -> None:
+    """Register the gallery photos, with the vectors and boxes already computed, through the
+    Gallery API (what `whaleid gallery import` does); photos already there are skipped."""
+    from gallery.gallery import Gallery, ImportItem, NewImage
+
+    items = [
+        ImportItem(
+            individual_id=p.individual_id,
+            species=p.species,
+            image=NewImage(
+                content=p.content,
+                filename=p.image,
+                vector=v,
+                box=None if c is None else c.box,
+            ),
+        )
+        for p, v, c in zip(gallery.photos, gallery.vectors, gallery.crops, strict=True)
+    ]
+    with Gallery.open(url, fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim) as g:
+        g.import_images(items)
+
+
+def time_http(server: Server, queries: Sequence[Photo], repeat: int, concurrency: int) -> Measure:
+    """POST /identify for every query (`repeat` passes) from `concurrency` client threads."""
+
+    def post(client: httpx.Client, photo: Photo) -> tuple[float, str, dict[str, float]]:
+        t0 = time.perf_counter()
+        response = client.post(
+            "/identify",
+            files={"image": (photo.image, photo.content, "image/jpeg")},
+            data={"top_k": str(TOP_K)},
+        )
+        elapsed = (time.perf_counter() - t0) * 1000
+        if response.status_code != 200:
+            raise SystemExit(f"POST /identify: {response.status_code} {response.text[:300]}")
+        body = response.json()
+        return elapsed, body["predictions"][0]["individual_id"], body["timing_ms"]
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"X-API-Key": server.key}
+    work = [p for _ in range(repeat) for p in queries]
+    client = httpx.Client(base_url=server.url, headers=headers, timeout=120, limits=limits)
+    with client, ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda p: post(client, p), queries[:concurrency]))  # warm-up
+        start = time.perf_counter()
+        answers = list(pool.map(lambda p: post(client, p), work))
+        wall = time.perf_counter() - start
+    return Measure(
+        f"service_c{concurrency}",
+        f"(b) service, HTTP, concurrency {concurrency}",
+        latencies_ms=[ms for ms, _, _ in answers],
+        wall_s=wall,
+        top1=[top for _, top, _ in answers[: len(queries)]],
+        server_ms=[timing for _, _, timing in answers],
+    )
+
+
+# (c) ------------------------------------------------------------------------------------------
+
+
+class SeedStyle:
+    """The notebooks' inference loop: per photo, the ultralytics detector, PIL crop and resize,
+    torch tensor normalisation, each torch model in eager mode (flip TTA as a second forward),
+    then IndexFlatIP and the pandas ranking."""
+
+    def __init__(
+        self,
+        inputs: Inputs,
+        manifest: Manifest,
+        gallery: GalleryData,
+        onnx_detector: bool,
+        device: str,
+    ) -> None:
+        import torch
+
+        from training.runs import Run
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.manifest = manifest
+        self.models = [Run(path).load_embedder().to(self.device) for path in inputs.runs]
+        self.specs = manifest.embedders
+        self.detect = self._detector(inputs, manifest, onnx_detector, device)
+        self.gallery = gallery
+        self.seed_ranking = _seed_ranking()
+        # The seeds embedded their gallery offline, in batches, with the same preprocessing:
+        # done here, not timed.
+        crops = [
+            crop_box(self.decode(p.content), None if c is None else c.box, manifest.box_padding)
+            for p, c in zip(gallery.photos, gallery.crops, strict=True)
+        ]
+        vectors = np.concatenate([self.embed(crops[i : i + 32]) for i in range(0, len(crops), 32)])
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        self.index.add(vectors)
+
+    @staticmethod
+    def _detector(
+        inputs: Inputs, manifest: Manifest, onnx: bool, device: str
+    ) -> Callable[[Any], Any]:
+        spec = manifest.detector
+        if spec is None:
+            return lambda img: None
+        if inputs.detector_run is None or onnx:
+            from app.detector import OnnxDetector
+
+            providers = resolve_providers([device])
+            detector: Any = OnnxDetector(inputs.bundle / spec.file, spec, providers)
+        else:
+            from training.detector.predict import TorchDetector
+            from training.detector.run import load_run
+
+            weights = load_run(inputs.detector_run).weights
+            detector = TorchDetector(
+                weights, imgsz=spec.input_size, confidence=spec.confidence, device=device
+            )
+        return lambda img: detector.detect([img])[0]
+
+    @staticmethod
+    def decode(content: bytes) -> Any:
+        img = Image.open(io.BytesIO(content))
+        return (ImageOps.exif_transpose(img) or img).convert("RGB")
+
+    def tensor(self, crop: Any, spec: EmbedderSpec) -> Any:
+        """One crop → a normalised (3, H, W) tensor: PIL resize, then torch ops."""
+        torch = self.torch
+        height, width = spec.transform.input_size
+        img = crop.resize((width, height), _RESAMPLE[spec.transform.interpolation])
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+        x = x.permute(2, 0, 1).float().div(255.0)
+        mean = torch.tensor(spec.transform.mean).view(3, 1, 1)
+        std = torch.tensor(spec.transform.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def embed(self, crops: Sequence[Any]) -> np.ndarray:
+        """Crops → (N, D) ensemble embeddings: each member's normalised output (flip TTA as a
+        second forward), scaled by sqrt(weight), concatenated and normalised, as combine does."""
+        torch = self.torch
+        normalize = torch.nn.functional.normalize
+        parts = []
+        with torch.inference_mode():
+            for spec, model in zip(self.specs, self.models, strict=True):
+                x = torch.stack([self.tensor(crop, spec) for crop in crops]).to(self.device)
+                out = normalize(model(x), dim=1)
+                if spec.flip_tta:
+                    out = normalize(out + normalize(model(torch.flip(x, dims=[3])), dim=1), dim=1)
+                parts.append(out * spec.weight**0.5)
+            return normalize(torch.cat(parts, dim=1), dim=1).cpu().numpy()
+
+    def __call__(self, photo: Photo) -> str:
+        img = self.decode(photo.content)
+        crop = self.detect(img)
+        box = None if crop is None else pad_box(crop.box, self.manifest.box_padding, img.size)
+        vector = self.embed([img if box is None else img.crop(box)])
+        sims, ids = self.index.search(vector, min(HITS, self.index.ntotal))
+        labels = self.gallery.labels
+        (answer,) = self.seed_ranking(sims, ids, labels, self.manifest.threshold)
+        return self.gallery.name(answer[0])
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def agreement(rows: Sequence[Measure]) -> float:
+    """Share of queries on which every row gives the same top-1."""
+    firsts = [r.top1 for r in rows]
+    same = sum(len(set(answers)) == 1 for answers in zip(*firsts, strict=True))
+    return same / len(firsts[0])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_QUERIES} queries, 1 pass")
+    parser.add_argument("--bundle", type=Path, help="model bundle (default: build the demo)")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        action="append",
+        default=[],
+        help="the bundle's training runs, "
+        "in the manifest's order (repeat the option); for (c) and the held-out split",
+    )
+    parser.add_argument("--detector-run", type=Path, help="the bundle's detector run, for (c)")
+    parser.add_argument("--catalogue", type=Path, help="catalogue folder (default: the run's)")
+    parser.add_argument(
+        "--gallery",
+        type=Path,
+        help="SQLite file for the service's gallery (filled with the "
+        "gallery photos where missing; default: a temporary file)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / ".demo",
+        help="the demo's folder, built there unless it already is (default: .demo)",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="passes over the queries")
+    parser.add_argument("--limit", type=int, help="at most this many queries")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where every model runs"
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch threads for (c) (default 1: on a shared, oversubscribed CPU torch's OpenMP "
+        "team of 2 spins and runs a forward several times slower; 0 keeps torch's default)",
+    )
+    parser.add_argument(
+        "--seed-onnx-detector",
+        action="store_true",
+        help="(c) crops with the ONNX detector instead of ultralytics'",
+    )
+    args = parser.parse_args(argv)
+    repeat = 1 if args.quick else args.repeat
+
+    if args.bundle is None:
+        inputs = build_demo(args.work)
+    else:
+        if not args.run:
+            parser.error("--bundle needs its training runs: --run R (once per embedder)")
+        inputs = Inputs(args.bundle, list(args.run), args.detector_run, args.catalogue)
+    catalogue = args.catalogue or inputs.catalogue
+    manifest = Manifest.read(inputs.bundle, verify=True)
+    check_runs(manifest, inputs.runs)
+    gallery_photos, queries = held_out(inputs.runs[0], catalogue, args.quick, args.limit)
+    log(f"{len(gallery_photos)} gallery photos, {len(queries)} held-out queries × {repeat}")
+
+    pipeline = Pipeline.from_bundle(inputs.bundle, providers=[args.device])
+    gallery = GalleryData(pipeline, gallery_photos)
+    rows: list[Measure] = []
+    log("(a) raw onnxruntime")
+    rows.append(
+        time_serial(
+            "raw",
+            "(a) raw onnxruntime, back to back",
+            Raw(inputs.bundle, gallery, args.device),
+            queries,
+            repeat,
+        )
+    )
+    log("(c) seed-style torch eager")
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        seed = SeedStyle(inputs, manifest, gallery, args.seed_onnx_detector, args.device)
+        seed_row = time_serial(
+            "seed", "(c) seed-style: torch eager, per photo, pandas", seed, queries, repeat
+        )
+        seed_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)  # the test suite's process goes on with its own setting
+    del seed
+
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        db = args.gallery or Path(tmp) / "gallery.db"
+        fill_gallery(f"sqlite:///{db.resolve()}", pipeline, gallery)
+        log("(b) starting whaleid serve")
+        server = Server(inputs.bundle, db, Path(tmp), args.device)
+        try:
+            server.wait_ready()
+            for concurrency in CONCURRENCY:
+                log(f"(b) concurrency {concurrency}")
+                rows.append(time_http(server, queries, repeat, concurrency))
+        finally:
+            server.stop()
+    rows.append(seed_row)
+    raw, service = rows[0], rows[1:-1]
+
+    same = agreement(rows)
+    truth = [
+        NEW_INDIVIDUAL if p.individual_id not in gallery.individuals else p.individual_id
+        for p in queries
+    ]
+    correct = sum(a == t for a, t in zip(raw.top1, truth, strict=True)) / len(queries)
+    ratios = {}
+    for row, concurrency in zip(service, CONCURRENCY, strict=True):
+        ratios[f"service_c{concurrency}/raw"] = row.images_per_s / raw.images_per_s
+        ratios[f"service_c{concurrency}/seed"] = row.images_per_s / seed_row.images_per_s
+
+    cpu = platform.processor() or platform.machine()
+    where = (
+        f"{torch.cuda.get_device_name()} (onnxruntime CUDA provider, torch cuda)"
+        if args.device == "cuda"
+        else f"no GPU (onnxruntime CPU provider, torch on {seed_threads} thread(s))"
+    )
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores, {where}; torch {torch.__version__}, "
+        f"onnxruntime {ort_version}, Python {platform.python_version()}; "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    members = " + ".join(f"{s.timm_name} {s.transform.input_size[0]}px" for s in manifest.embedders)
+    detector = "none" if manifest.detector is None else f"{manifest.detector.input_size}px"
+    print(
+        f"bundle: {members}, detector {detector}; gallery {len(gallery_photos)} photos of "
+        f"{len(gallery.individuals)} individuals; {len(queries)} held-out queries × {repeat}"
+    )
+    print("| pipeline | images | images/s | p50 ms | p95 ms |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        s = row.summary()
+        print(
+            f"| {row.name} | {s['images']:.0f} | {s['images_per_s']:.1f} | "
+            f"{s['p50_ms']:.1f} | {s['p95_ms']:.1f} |"
+        )
+    for row in service:
+        # Where a request's time goes inside the service (its own timing_ms), against the
+        # client's view: the rest is HTTP, multipart parsing and the event loop.
+        stages = {k: np.median([t[k] for t in row.server_ms]) for k in row.server_ms[0]}
+        inside = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+        print(f"{row.key}: median ms inside the service: {inside}")
+    for concurrency in CONCURRENCY:
+        print(
+            f"concurrency {concurrency}: (b)/(a) = {ratios[f'service_c{concurrency}/raw']:.2f}, "
+            f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}  (images/s)"
+        )
+    pairs = ", ".join(f"{row.key} {agreement([raw, row]):.0%}" for row in rows[1:])
+    print(
+        f"same top-1 as (a): {pairs}; in all four rows on {same:.0%} of {len(queries)} "
+        f"queries (top-1 correct: {correct:.0%})"
+    )
+    return {
+        "rows": {row.key: row.summary() for row in rows},
+        "ratios": ratios,
+        "agreement": same,
+        "top1_correct": correct,
+        "queries": len(queries),
+        "agreement_with_raw": {row.key: agreement([raw, row]) for row in rows[1:]},
+        "top1": {row.key: row.top1 for row in rows},
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""bench/service.py runs in quick mode on the session's bundle: every row is measured, the ratios
+are there, and the raw models, the HTTP service and the seed-style torch pipeline agree on the
+top-1 (no timing asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "service.py"
+ROWS = {"raw", "service_c1", "service_c8", "seed"}
+
+
+def test_service_bench_quick(
+    bundle: Path,
+    tiny_run: Path,
+    tiny_run_b: Path,
+    detector_run: Path,
+    catalogue: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
+    spec = importlib.util.spec_from_file_location("bench_service", BENCH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    argv = ["--quick", "--bundle", str(bundle), "--run", str(tiny_run), "--run", str(tiny_run_b)]
+    argv += ["--detector-run", str(detector_run), "--catalogue", str(catalogue)]
+    argv += ["--gallery", str(tmp_path / "gallery.db")]
+    result = module.main(argv)
+
+    queries = result["queries"]
+    assert queries == module.QUICK_QUERIES
+    assert set(result["rows"]) == ROWS
+    for row in result["rows"].values():
+        assert row["images"] == queries  # one pass in quick mode
+        assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p95_ms"]
+    assert set(result["ratios"]) == {
+        "service_c1/raw", "service_c1/seed", "service_c8/raw", "service_c8/seed",
+    }  # fmt: skip
+    # The service answers with the raw models' exact embeddings and ranking: the same top-1.
+    assert result["agreement_with_raw"]["service_c1"] == 1.0
+    assert result["agreement_with_raw"]["service_c8"] == 1.0
+    # torch against onnxruntime, ultralytics against its ONNX export: a near tie may flip.
+    assert result["agreement_with_raw"]["seed"] >= (queries - 1) / queries
+    out = capsys.readouterr().out
+    assert "| pipeline | images | images/s | p50 ms | p95 ms |" in out
+    assert "(b)/(a) = " in out and "(b)/(c) = " in out
