@@ -307,10 +307,12 @@ def export_bundle(
     parity_photos: int = PARITY_PHOTOS,
     checkpoint: str = "best",
     providers: Sequence[str] | None = None,
+    check_detector: bool = True,
 ) -> ExportReport:
     """Export runs (an ensemble when several) and an optional detector run to a bundle at `out`.
 
-    The bundle is built in `out`.partial and moved into place only when every check passed, so
+    `check_detector=False` skips the detector's own parity check (training.detector.export),
+    for callers that have already checked that detector. The bundle is built in `out`.partial and moved into place only when every check passed, so
     a failed export leaves no half bundle behind.
     """
     if not run_dirs:
@@ -334,7 +336,16 @@ def export_bundle(
     work.mkdir(parents=True)
     try:
         report = _export_into(
-            work, runs, weights, detector_run, fp16, padding, parity_photos, checkpoint, providers
+            work,
+            runs,
+            weights,
+            detector_run,
+            fp16,
+            padding,
+            parity_photos,
+            checkpoint,
+            providers,
+            check_detector,
         )
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -356,6 +367,7 @@ def _export_into(
     parity_photos: int,
     checkpoint: str,
     providers: Sequence[str] | None,
+    check_detector: bool,
 ) -> ExportReport:
     required = FP16_MIN_COSINE if fp16 else FP32_MIN_COSINE
     specs: list[EmbedderSpec] = []
@@ -383,7 +395,9 @@ def _export_into(
         from training.detector.export import export_detector
 
         # The embedders were trained on crops grown by data.box_padding: detected boxes too.
-        detector = export_detector(Path(detector_run), work / "detector.onnx", padding=padding)
+        detector = export_detector(
+            Path(detector_run), work / "detector.onnx", padding=padding, check=check_detector
+        )
 
     labels = [run.labels for run in runs]
     manifest = _write_manifest(
