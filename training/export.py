@@ -311,9 +311,9 @@ def export_bundle(
 ) -> ExportReport:
     """Export runs (an ensemble when several) and an optional detector run to a bundle at `out`.
 
-    `check_detector=False` skips the detector's own parity check (training.detector.export),
-    for callers that have already checked that detector. The bundle is built in `out`.partial and moved into place only when every check passed, so
-    a failed export leaves no half bundle behind.
+    The bundle is built in `out`.partial and moved into place only when every check passed,
+    so a failed export leaves no half bundle behind. `check_detector=False` skips the
+    detector's own parity check (training.detector.export), for callers that checked it.
     """
     if not run_dirs:
         raise ExportError("no --run given")
