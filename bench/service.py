@@ -4,7 +4,8 @@ On one bundle and the held-out photos of the catalogue it was trained on, side b
 run, each photo starting from its JPEG bytes in memory:
 (a) raw: the bundle's ONNX sessions (detector, then each embedder) called directly, one photo at
     a time, with the shared preprocessing functions and the least numpy glue (then a flat
-    faiss search and gallery.rank): the floor under any serving overhead;
+    faiss search and gallery.rank): the floor under any serving overhead. (a′) is the same with
+    onnxruntime's intra-op spinning off, the one session option that matters on a small CPU;
 (b) service: `whaleid serve` in a subprocess (WHALEID_* settings, a SQLite gallery of the
     catalogue's gallery photos, an API key made for the run), real multipart POST /identify
     over HTTP with httpx, at concurrency 1 and 8;
@@ -46,7 +47,7 @@ if __name__ == "__main__":
 import faiss
 import httpx
 import numpy as np
-from onnxruntime import __version__ as ort_version
+import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from app.decode import decode_image
@@ -244,14 +245,29 @@ class GalleryData:
 # (a) ------------------------------------------------------------------------------------------
 
 
-class Raw:
-    """The bundle's ONNX files in bare onnxruntime sessions, fed one photo at a time."""
+def quiet_session(path: Path, device: Sequence[str]) -> ort.InferenceSession:
+    """A session whose intra-op threads sleep instead of spinning between and after runs."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=resolve_providers(device))
 
-    def __init__(self, bundle: Path, gallery: GalleryData, device: str) -> None:
+
+class Raw:
+    """The bundle's ONNX files in bare onnxruntime sessions, fed one photo at a time.
+
+    Opened as the service opens them (onnxruntime's defaults), or with `spin=False`: intra-op
+    threads that do not spin. On a small shared CPU the spinning threads of one session hold
+    the cores the next session needs (detector, then each embedder), so that row shows what
+    the same models give with one session option changed.
+    """
+
+    def __init__(self, bundle: Path, gallery: GalleryData, device: str, spin: bool = True) -> None:
         self.manifest = Manifest.read(bundle, verify=True)
         detector = self.manifest.detector
-        self.detector = None if detector is None else open_session(bundle / detector.file, [device])
-        self.embedders = [open_session(bundle / s.file, [device]) for s in self.manifest.embedders]
+        open_ = open_session if spin else quiet_session
+        self.detector = None if detector is None else open_(bundle / detector.file, [device])
+        self.embedders = [open_(bundle / s.file, [device]) for s in self.manifest.embedders]
         self.weights = [s.weight for s in self.manifest.embedders]
         self.gallery = gallery
         self.index = faiss.IndexFlatIP(gallery.vectors.shape[1])
@@ -592,15 +608,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gallery = GalleryData(pipeline, gallery_photos)
     rows: list[Measure] = []
     log("(a) raw onnxruntime")
-    rows.append(
-        time_serial(
-            "raw",
-            "(a) raw onnxruntime, back to back",
-            Raw(inputs.bundle, gallery, args.device),
-            queries,
-            repeat,
-        )
+    raw = time_serial(
+        "raw",
+        "(a) raw onnxruntime, back to back",
+        Raw(inputs.bundle, gallery, args.device),
+        queries,
+        repeat,
     )
+    quiet = time_serial(
+        "raw_nospin",
+        "(a′) the same, intra-op spinning off",
+        Raw(inputs.bundle, gallery, args.device, spin=False),
+        queries,
+        repeat,
+    )
+    rows += [raw, quiet]
     log("(c) seed-style torch eager")
     import torch
 
@@ -629,8 +651,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows.append(time_http(server, queries, repeat, concurrency))
         finally:
             server.stop()
+    service = rows[2:]
     rows.append(seed_row)
-    raw, service = rows[0], rows[1:-1]
 
     same = agreement(rows)
     truth = [
@@ -642,6 +664,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row, concurrency in zip(service, CONCURRENCY, strict=True):
         ratios[f"service_c{concurrency}/raw"] = row.images_per_s / raw.images_per_s
         ratios[f"service_c{concurrency}/seed"] = row.images_per_s / seed_row.images_per_s
+        ratios[f"service_c{concurrency}/raw_nospin"] = row.images_per_s / quiet.images_per_s
 
     cpu = platform.processor() or platform.machine()
     where = (
@@ -651,7 +674,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(
         f"machine: {cpu}, {os.cpu_count()} cores, {where}; torch {torch.__version__}, "
-        f"onnxruntime {ort_version}, Python {platform.python_version()}; "
+        f"onnxruntime {ort.__version__}, Python {platform.python_version()}; "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     members = " + ".join(f"{s.timm_name} {s.transform.input_size[0]}px" for s in manifest.embedders)
@@ -677,11 +700,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for concurrency in CONCURRENCY:
         print(
             f"concurrency {concurrency}: (b)/(a) = {ratios[f'service_c{concurrency}/raw']:.2f}, "
-            f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}  (images/s)"
+            f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}, "
+            f"(b)/(a′) = {ratios[f'service_c{concurrency}/raw_nospin']:.2f}  (images/s)"
         )
     pairs = ", ".join(f"{row.key} {agreement([raw, row]):.0%}" for row in rows[1:])
     print(
-        f"same top-1 as (a): {pairs}; in all four rows on {same:.0%} of {len(queries)} "
+        f"same top-1 as (a): {pairs}; in all rows on {same:.0%} of {len(queries)} "
         f"queries (top-1 correct: {correct:.0%})"
     )
     return {

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "service.py"
-ROWS = {"raw", "service_c1", "service_c8", "seed"}
+ROWS = {"raw", "raw_nospin", "service_c1", "service_c8", "seed"}
 
 
 def test_service_bench_quick(
@@ -38,9 +38,10 @@ def test_service_bench_quick(
         assert row["images"] == queries  # one pass in quick mode
         assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p95_ms"]
     assert set(result["ratios"]) == {
-        "service_c1/raw", "service_c1/seed", "service_c8/raw", "service_c8/seed",
-    }  # fmt: skip
+        f"service_c{c}/{row}" for c in (1, 8) for row in ("raw", "raw_nospin", "seed")
+    }
     # The service answers with the raw models' exact embeddings and ranking: the same top-1.
+    assert result["agreement_with_raw"]["raw_nospin"] == 1.0
     assert result["agreement_with_raw"]["service_c1"] == 1.0
     assert result["agreement_with_raw"]["service_c8"] == 1.0
     # torch against onnxruntime, ultralytics against its ONNX export: a near tie may flip.
