@@ -1,7 +1,10 @@
 """The trained detector through ultralytics (torch): the reference the ONNX path is held to.
 
 Same contract as `app.detector.OnnxDetector.detect`: one `Crop` (the most confident box of any
-class, in original-photo pixels) or None per photo.
+class, in original-photo pixels) or None per photo. Photos are letterboxed by
+`app.preprocess.letterbox`, as serving does, and handed to ultralytics as a ready tensor: its
+own preprocessing (a minimal rectangle, cv2 resizing) gives a slightly different input, and a
+briefly trained detector can move its box by more than parity allows on such a difference.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from app.pipeline import Crop
+from app.preprocess import letterbox
 from training.detector import yolo
 
 __all__ = ["TorchDetector"]
@@ -36,9 +40,12 @@ class TorchDetector:
         """The best box of each photo (RGB PIL images, as `app.decode` gives them)."""
         if not images:
             return []
+        import torch
+
+        inputs, placements = zip(*(letterbox(img, self.imgsz) for img in images), strict=True)
         with yolo.offline():
             results = self._model.predict(
-                list(images),
+                torch.from_numpy(np.stack(inputs)),
                 imgsz=self.imgsz,
                 conf=self.confidence,
                 device=self.device,
@@ -47,12 +54,13 @@ class TorchDetector:
                 save=False,
             )
         crops: list[Crop | None] = []
-        for result in results:
+        for result, placement in zip(results, placements, strict=True):
             confidences = result.boxes.conf.cpu().numpy()
             if len(confidences) == 0:
                 crops.append(None)
                 continue
             top = int(np.argmax(confidences))
-            x1, y1, x2, y2 = (float(v) for v in result.boxes.xyxy[top].cpu().numpy())
+            box = placement.unmap(result.boxes.xyxy[top : top + 1].cpu().numpy())[0]
+            x1, y1, x2, y2 = (float(v) for v in box)
             crops.append(Crop(box=(x1, y1, x2, y2), confidence=float(confidences[top])))
         return crops
