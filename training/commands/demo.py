@@ -202,7 +202,8 @@ kept back as a query in {catalogue / "images"}).
 A write key for this demo (shown once; its hash is in {keys_file}):
   export WHALEID_KEY={key}
 
-Try it (the photo is held back from the gallery; its individual should rank first):
+Try it (the photo is held back from the gallery; the tiny demo model is weak, so expect
+new_individual near the top: the point is the service, not the model):
   curl -s -H "X-API-Key: $WHALEID_KEY" -F image=@{query} {url}/identify
   curl -s -H "X-API-Key: $WHALEID_KEY" -F image=@{query} -F individual_id=my-new-fin {url}/gallery
   curl -s -H "X-API-Key: $WHALEID_KEY" {url}/gallery/individuals
