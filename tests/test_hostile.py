@@ -13,7 +13,9 @@ import pytest
 from fixtures.service import Server, catalogue_photos
 from PIL import Image
 
-pytestmark = pytest.mark.slow
+# The first test to ask for the session bundle pays for training it (two runs and a detector,
+# tens of minutes on a loaded 2-core host), as the bundle and bench tests allow for.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:

@@ -18,7 +18,9 @@ from PIL import Image, ImageEnhance
 
 from app.manifest import Manifest
 
-pytestmark = pytest.mark.slow
+# The first test to ask for the session bundle pays for training it (two runs and a detector,
+# tens of minutes on a loaded 2-core host), as the bundle and bench tests allow for.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 NEW = "new_individual"
 
