@@ -108,3 +108,22 @@ def test_large_jpeg_is_draft_decoded() -> None:
     assert max(decode_image(data, draft_side=1000).size) >= 1000
     assert decode_image(data, draft_side=1000).size[0] < 4000
     assert decode_image(data, draft_side=None).size == (4000, 3000)
+
+
+def test_garbage_is_unreadable_with_ultralytics_loaded() -> None:
+    """Training processes import ultralytics, which patches Image.open to install a plugin on
+    unidentified files; decoding must still answer UnreadableImageError, offline."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ultralytics.utils.patches\n"
+        "from app.decode import UnreadableImageError, decode_image\n"
+        "try:\n    decode_image(b'hello, this is text')\n"
+        "except UnreadableImageError:\n    print('ok')\n"
+    )
+    env = {"YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.stdout.strip().endswith("ok"), result.stderr[-2000:]
