@@ -28,6 +28,9 @@ def _overrides(catalogue: Path, out: Path) -> list[str]:
         "data.image_size=32",
         "model.backbone=test_efficientnet_gn",  # GroupNorm: no batch statistics
         "optim.freeze_bn=true",
+        # GeM's p is one scalar whose gradient sums over every pixel: near zero, its sign is
+        # float noise, and Adam's first steps (update ≈ lr · sign) turn that noise into ±lr.
+        "model.gem_learnable=false",
         "optim.epochs=1",
         "optim.batch_size=32",
         "optim.warmup_epochs=0",
