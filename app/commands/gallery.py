@@ -68,31 +68,31 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--providers", nargs="+", default=None, help="onnxruntime providers")
 
     p = sub.add_parser("list", help="list individuals")
-    p.add_argument("--species", default=None)
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--species", default=None, help="only individuals of this species")
+    p.add_argument("--limit", type=int, default=100, help="most individuals to list")
+    p.add_argument("--offset", type=int, default=0, help="individuals to skip first")
 
     p = sub.add_parser("show", help="one individual and its images")
-    p.add_argument("id")
+    p.add_argument("id", help="the individual id")
 
     p = sub.add_parser("delete", help="delete an individual (or, with --image, one image)")
-    p.add_argument("id")
+    p.add_argument("id", help="the individual id (or image id with --image)")
     p.add_argument("--image", action="store_true", help="ID is an image id")
 
     p = sub.add_parser("rename", help="give an individual a new id")
-    p.add_argument("old")
-    p.add_argument("new")
+    p.add_argument("old", help="the individual's current id")
+    p.add_argument("new", help="its new id (must not exist)")
 
     p = sub.add_parser("merge", help="merge individual A into B (B keeps its id)")
-    p.add_argument("a")
-    p.add_argument("b")
+    p.add_argument("a", help="the individual to merge away")
+    p.add_argument("b", help="the individual that keeps its id and receives A's photos")
 
     p = sub.add_parser("export", help="CSV of individuals and their images")
     p.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
 
     p = sub.add_parser("reembed", help="recompute every embedding with another bundle")
     p.add_argument("--bundle", type=Path, required=True, help="the new model bundle")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="photos per model call and commit")
     p.add_argument("--providers", nargs="+", default=None, help="onnxruntime providers")
     p.add_argument(
         "--redetect",

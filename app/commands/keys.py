@@ -28,13 +28,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Create and list API keys.")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = sub.add_parser("create", help="make a key; print it once, store its hash")
-    create.add_argument("--scope", choices=["read", "write"], required=True)
+    create.add_argument(
+        "--scope",
+        choices=["read", "write"],
+        required=True,
+        help="read: POST /identify and GET routes; write: also registrations and deletes",
+    )
     create.add_argument("--name", default="", help="who or what the key is for")
     create.add_argument(
         "--file", type=Path, default=None, help="keys file (default WHALEID_KEYS_FILE or keys.json)"
     )
     listing = sub.add_parser("list", help="the stored keys' names, scopes and dates")
-    listing.add_argument("--file", type=Path, default=None)
+    listing.add_argument(
+        "--file", type=Path, default=None, help="keys file (default: WHALEID_KEYS_FILE)"
+    )
     return parser
 
 

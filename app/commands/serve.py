@@ -37,7 +37,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--providers", help="onnxruntime providers, comma separated: cuda, tensorrt, cpu"
     )
     parser.add_argument(
-        "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        default=None,
+        help="logging level (WHALEID_LOG_LEVEL; default info)",
     )
     return parser
 
