@@ -65,9 +65,10 @@ def decode_image(
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"{name} has too many pixels ({exc})") from exc
-    except (UnidentifiedImageError, ImportError) as exc:
+    except (UnidentifiedImageError, ImportError, OSError, SyntaxError, ValueError) as exc:
         # ImportError: ultralytics, when loaded in the same process (training), patches
         # Image.open to fetch a HEIF plugin on unidentified files; offline that import fails.
+        # OSError & co: a header cut short fails while Pillow is still reading it.
         raise UnreadableImageError(f"{name} is not an image we can read") from exc
     if img.format not in ACCEPTED_FORMATS:
         accepted = ", ".join(sorted(ACCEPTED_FORMATS - {"MPO"}))

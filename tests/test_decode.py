@@ -46,6 +46,13 @@ def test_garbage_is_unreadable(data: bytes) -> None:
         decode_image(data)
 
 
+def test_header_cut_short_is_unreadable() -> None:
+    data = encode(gradient(), "PNG")
+    for size in (9, 20, 33):
+        with pytest.raises(UnreadableImageError):
+            decode_image(data[:size])
+
+
 def test_truncated_jpeg_is_unreadable() -> None:
     data = encode(gradient(256, 256), "JPEG")
     with pytest.raises(UnreadableImageError, match="truncated"):
