@@ -9,8 +9,8 @@ Protocol (../shared/data/README.md), identity-disjoint:
   individuals from it and the new_individual threshold is tuned there, never on test queries;
 - the test gallery also holds every photo of the training catalogue (the known individuals).
 
-    python bench/accuracy.py                   # the full run (see bench/RESULTS.md)
-    python bench/accuracy.py --quick           # smoke run: tiny subset, tiny model, < 1 min
+    python -m bench.accuracy                   # the full run (see bench/RESULTS.md)
+    python -m bench.accuracy --quick           # smoke run: tiny subset, tiny model, < 1 min
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ For N random 512-d unit vectors (the brief's worst case: uniform directions, no 
 The HNSW build is timed in chunks; if it would run past --hnsw-max-minutes it stops and the
 HNSW figures are for the size it reached (stated in the output).
 
-    nice python bench/gallery.py                       # 1,000,000 vectors (about 30 min)
-    python bench/gallery.py --quick                    # a smoke run (the test suite runs it)
-    python bench/gallery.py --results bench/RESULTS.md # also write the section there
+    nice python -m bench.gallery                       # 1,000,000 vectors (about 30 min)
+    python -m bench.gallery --quick                    # a smoke run (the test suite runs it)
+    python -m bench.gallery --results bench/RESULTS.md # also write the section there
 """
 
 from __future__ import annotations
@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if args.results:
-        command = "python bench/gallery.py" + (" --quick" if args.quick else "")
+        command = "python -m bench.gallery" + (" --quick" if args.quick else "")
         write_section(args.results, body, command)
     return result
 

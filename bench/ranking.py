@@ -3,8 +3,8 @@
 Both take the same faiss hits (top-50 per query from IndexFlatIP) and must give the same top-5;
 only the post-processing is timed, side by side in one run, and reported as a ratio.
 
-    python bench/ranking.py            # 10,000 queries over a gallery of 50,000
-    python bench/ranking.py --quick    # a smoke run
+    python -m bench.ranking            # 10,000 queries over a gallery of 50,000
+    python -m bench.ranking --quick    # a smoke run
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ It prints images/s and p50/p95 latency of each, the ratios (b)/(a) and (b)/(c), 
 they agree on the top-1 individual (a sanity check, not timed). Everything runs on the CPU here;
 `--device cuda` gives the GPU rows (onnxruntime's CUDA provider, torch on cuda) where there is one.
 
-    nice python bench/service.py           # on the demo in .demo (built if missing)
-    nice python bench/service.py --bundle B --run R1 --run R2 --detector-run D [--catalogue C]
-    python bench/service.py --quick ...    # a smoke run (the test suite runs it on its fixtures)
+    nice python -m bench.service           # on the demo in .demo (built if missing)
+    nice python -m bench.service --bundle B --run R1 --run R2 --detector-run D [--catalogue C]
+    python -m bench.service --quick ...    # a smoke run (the test suite runs it on its fixtures)
 """
 
 from __future__ import annotations
