@@ -593,14 +593,18 @@ class SqlStore(ABC):
 
     def count_missing(self, *, fingerprint: str) -> int:
         with self._transaction(write=False) as cur:
-            return int(
-                self._exec(
-                    cur,
-                    "SELECT COUNT(*) FROM images m WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
-                    "WHERE e.image_id = m.id AND e.fingerprint = ?)",
-                    (fingerprint,),
-                ).fetchone()[0]
-            )
+            return self._missing(cur, fingerprint)
+
+    def _missing(self, cur: Cursor, fingerprint: str) -> int:
+        """Images that have no embedding made by `fingerprint`."""
+        return int(
+            self._exec(
+                cur,
+                "SELECT COUNT(*) FROM images m WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
+                "WHERE e.image_id = m.id AND e.fingerprint = ?)",
+                (fingerprint,),
+            ).fetchone()[0]
+        )
 
     def put_embeddings(
         self, *, fingerprint: str, image_ids: Sequence[int], vectors: np.ndarray
@@ -622,14 +626,7 @@ class SqlStore(ABC):
         """Make `fingerprint` the gallery's model, once every image has its embedding; drops
         the other fingerprints' embeddings and logs a reset, so every index rebuilds."""
         with self._transaction(write=True) as cur:
-            missing = int(
-                self._exec(
-                    cur,
-                    "SELECT COUNT(*) FROM images m WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
-                    "WHERE e.image_id = m.id AND e.fingerprint = ?)",
-                    (fingerprint,),
-                ).fetchone()[0]
-            )
+            missing = self._missing(cur, fingerprint)
             if missing:
                 raise ConflictError(
                     f"{missing} images have no embedding for {fingerprint[:12]}… yet: "
