@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.embedder import OnnxEmbedder, resolve_providers
+from app.embedder import OnnxEmbedder
 from app.manifest import Manifest
+from app.sessions import resolve_providers
 
 if TYPE_CHECKING:
     from app.detector import OnnxDetector
@@ -35,16 +36,24 @@ class Bundle:
         return self.manifest.fingerprint
 
 
-def load_bundle(bundle_dir: Path | str, providers: Sequence[str] | None = None) -> Bundle:
-    """Read, verify and open the bundle in `bundle_dir` on `providers` (None: best available)."""
+def load_bundle(
+    bundle_dir: Path | str, providers: Sequence[str] | None = None, *, spinning: bool = False
+) -> Bundle:
+    """Read, verify and open the bundle in `bundle_dir` on `providers` (None: best available);
+    `spinning` as in `app.sessions.open_session`."""
     bundle_dir = Path(bundle_dir)
     manifest = Manifest.read(bundle_dir, verify=True)
     chosen = resolve_providers(providers)
-    embedders = [OnnxEmbedder(bundle_dir / spec.file, spec, chosen) for spec in manifest.embedders]
+    embedders = [
+        OnnxEmbedder(bundle_dir / spec.file, spec, chosen, spinning=spinning)
+        for spec in manifest.embedders
+    ]
     detector = None
     if manifest.detector is not None:
         # Imported here: a bundle without a detector needs nothing of it.
         from app.detector import OnnxDetector
 
-        detector = OnnxDetector(bundle_dir / manifest.detector.file, manifest.detector, chosen)
+        detector = OnnxDetector(
+            bundle_dir / manifest.detector.file, manifest.detector, chosen, spinning=spinning
+        )
     return Bundle(path=bundle_dir, manifest=manifest, embedders=embedders, detector=detector)

@@ -14,12 +14,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from app.manifest import BundleError, DetectorSpec
 from app.pipeline import Crop
 from app.preprocess import Letterbox, letterbox
+from app.sessions import open_session
 
 __all__ = ["OnnxDetector"]
 
@@ -27,17 +27,19 @@ __all__ = ["OnnxDetector"]
 class OnnxDetector:
     """A loaded detector: photos in, one `Crop` (or None for the whole photo) per photo out."""
 
-    def __init__(self, path: Path, spec: DetectorSpec, providers: list[str] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        spec: DetectorSpec,
+        providers: Sequence[str] | None = None,
+        *,
+        spinning: bool = False,
+    ):
         self.path = Path(path)
         self.spec = spec
         if not self.path.is_file():
             raise BundleError(f"detector model {self.path} not found")
-        try:
-            self._session = ort.InferenceSession(
-                str(self.path), providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise BundleError(f"cannot load detector model {self.path}: {exc}") from exc
+        self._session = open_session(self.path, providers, spinning=spinning)
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
         batch_dim, _, height, width = model_input.shape

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from app.manifest import BundleError, EmbedderSpec
 from app.preprocess import hflip, to_batch
+from app.sessions import open_session
 
 __all__ = [
     "INPUT_NAME",
@@ -25,8 +25,6 @@ __all__ = [
     "OnnxEmbedder",
     "combine",
     "l2_normalize",
-    "open_session",
-    "resolve_providers",
 ]
 
 # The names export gives the graph's ends; serving reads whatever the file has but checks there
@@ -34,61 +32,10 @@ __all__ = [
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 
-# Short names a settings file may use, and the order in which providers are preferred.
-_PROVIDER_ALIASES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
-# TensorRT is not chosen by default: its builds list it as available even where the TensorRT
-# libraries are missing, and it compiles an engine per input shape (minutes) on first use.
-_DEFAULT_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
 _ORT_TYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
 }
-
-
-def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
-    """The onnxruntime providers to use: `requested` (short or full names) or the best available.
-
-    CPU is always appended as the fallback. A requested provider this onnxruntime build lacks is
-    an error naming it, so a GPU setting never silently runs on the CPU.
-    """
-    available = ort.get_available_providers()
-    if requested is None:
-        return [p for p in _DEFAULT_PREFERENCE if p in available]
-    chosen: list[str] = []
-    for name in requested:
-        full = _PROVIDER_ALIASES.get(name.lower(), name)
-        if full not in available:
-            raise BundleError(
-                f"onnxruntime provider {name!r} is not available here "
-                f"(available: {', '.join(available)})"
-            )
-        if full not in chosen:
-            chosen.append(full)
-    # TensorRT hands the nodes it cannot build to the next provider: let that be CUDA.
-    cuda = "CUDAExecutionProvider"
-    if "TensorrtExecutionProvider" in chosen and cuda in available and cuda not in chosen:
-        chosen.append(cuda)
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
-
-
-def open_session(path: Path, providers: Sequence[str] | None = None) -> ort.InferenceSession:
-    """An onnxruntime session for a model file; an unreadable file is a BundleError naming it."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # warnings about unused initialisers etc. are noise to users
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=resolve_providers(providers)
-        )
-    except BundleError:
-        raise
-    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-        raise BundleError(f"{path} is not a model onnxruntime can load: {exc}") from exc
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -115,10 +62,17 @@ def combine(parts: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray
 class OnnxEmbedder:
     """A checked onnxruntime session for one embedder of a bundle."""
 
-    def __init__(self, path: Path, spec: EmbedderSpec, providers: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        spec: EmbedderSpec,
+        providers: Sequence[str] | None = None,
+        *,
+        spinning: bool = False,
+    ):
         self.path = Path(path)
         self.spec = spec
-        self.session = open_session(self.path, providers)
+        self.session = open_session(self.path, providers, spinning=spinning)
         self.input_name, self.input_dtype = self._check_input()
         self.output_name = self._check_output()
 

@@ -78,7 +78,9 @@ class Engine:
     def load(cls, settings: Settings, metrics: Metrics) -> Engine:
         """Open the bundle and the gallery and warm the models up (blocking, seconds)."""
         started = time.perf_counter()
-        pipeline = Pipeline.from_bundle(settings.bundle, settings.providers)
+        pipeline = Pipeline.from_bundle(
+            settings.bundle, settings.providers, spinning=settings.intra_op_spinning
+        )
         manifest = pipeline.manifest
         providers = pipeline.bundle.embedders[0].providers
         log.info(

@@ -46,9 +46,11 @@ class Pipeline:
         self.bundle = bundle
 
     @classmethod
-    def from_bundle(cls, bundle_dir: Path, providers: list[str] | None = None) -> Pipeline:
+    def from_bundle(
+        cls, bundle_dir: Path, providers: list[str] | None = None, *, spinning: bool = False
+    ) -> Pipeline:
         """Load and validate the bundle in `bundle_dir` (BundleError when it is not sound)."""
-        return cls(load_bundle(bundle_dir, providers))
+        return cls(load_bundle(bundle_dir, providers, spinning=spinning))
 
     @property
     def manifest(self) -> Manifest:

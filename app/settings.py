@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         description="onnxruntime providers in order, comma separated (cuda; tensorrt,cuda; "
         "cpu) or a JSON list; default: CUDA when present, else CPU",
     )
+    intra_op_spinning: bool = Field(
+        False,
+        description="let onnxruntime's CPU threads busy-wait between runs (only pays on a CPU "
+        "host that serves nothing else; off, the detector and embedders stop stealing each "
+        "other's cores)",
+    )
     max_batch: int = Field(16, ge=1, le=1024, description="most photos embedded in one call")
     max_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="how long a batch waits for more photos before it runs"

@@ -4,8 +4,9 @@ On one bundle and the held-out photos of the catalogue it was trained on, side b
 run, each photo starting from its JPEG bytes in memory:
 (a) raw: the bundle's ONNX sessions (detector, then each embedder) called directly, one photo at
     a time, with the shared preprocessing functions and the least numpy glue (then a flat
-    faiss search and gallery.rank): the floor under any serving overhead. (a′) is the same with
-    onnxruntime's intra-op spinning off, the one session option that matters on a small CPU;
+    faiss search and gallery.rank): the floor under any serving overhead, with the service's
+    session options. (a′) is the same with onnxruntime's default intra-op spinning on, the one
+    session option that matters on a small CPU (the service turns it off);
 (b) service: `whaleid serve` in a subprocess (WHALEID_* settings, a SQLite gallery of the
     catalogue's gallery photos, an API key made for the run), real multipart POST /identify
     over HTTP with httpx, at concurrency 1 and 8;
@@ -51,10 +52,11 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from app.decode import decode_image
-from app.embedder import combine, l2_normalize, open_session, resolve_providers
+from app.embedder import combine, l2_normalize
 from app.manifest import EmbedderSpec, Manifest
 from app.pipeline import Pipeline
 from app.preprocess import EmbedTransform, crop_box, hflip, letterbox, pad_box
+from app.sessions import open_session, resolve_providers
 from gallery.rank import NEW, NEW_INDIVIDUAL, rank
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,29 +247,24 @@ class GalleryData:
 # (a) ------------------------------------------------------------------------------------------
 
 
-def quiet_session(path: Path, device: Sequence[str]) -> ort.InferenceSession:
-    """A session whose intra-op threads sleep instead of spinning between and after runs."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=resolve_providers(device))
-
-
 class Raw:
     """The bundle's ONNX files in bare onnxruntime sessions, fed one photo at a time.
 
-    Opened as the service opens them (onnxruntime's defaults), or with `spin=False`: intra-op
-    threads that do not spin. On a small shared CPU the spinning threads of one session hold
-    the cores the next session needs (detector, then each embedder), so that row shows what
-    the same models give with one session option changed.
+    Opened as the service opens them (intra-op spinning off), or with `spin=True`:
+    onnxruntime's default, threads that spin. On a small shared CPU the spinning threads of
+    one session hold the cores the next session needs (detector, then each embedder), so that
+    row shows what the same models give with one session option changed.
     """
 
-    def __init__(self, bundle: Path, gallery: GalleryData, device: str, spin: bool = True) -> None:
+    def __init__(self, bundle: Path, gallery: GalleryData, device: str, spin: bool = False) -> None:
         self.manifest = Manifest.read(bundle, verify=True)
         detector = self.manifest.detector
-        open_ = open_session if spin else quiet_session
-        self.detector = None if detector is None else open_(bundle / detector.file, [device])
-        self.embedders = [open_(bundle / s.file, [device]) for s in self.manifest.embedders]
+
+        def open_(file: str) -> ort.InferenceSession:
+            return open_session(bundle / file, [device], spinning=spin)
+
+        self.detector = None if detector is None else open_(detector.file)
+        self.embedders = [open_(s.file) for s in self.manifest.embedders]
         self.weights = [s.weight for s in self.manifest.embedders]
         self.gallery = gallery
         self.index = faiss.IndexFlatIP(gallery.vectors.shape[1])
@@ -615,14 +612,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         queries,
         repeat,
     )
-    quiet = time_serial(
-        "raw_nospin",
-        "(a′) the same, intra-op spinning off",
-        Raw(inputs.bundle, gallery, args.device, spin=False),
+    spinning = time_serial(
+        "raw_spin",
+        "(a′) the same, onnxruntime's default intra-op spinning on",
+        Raw(inputs.bundle, gallery, args.device, spin=True),
         queries,
         repeat,
     )
-    rows += [raw, quiet]
+    rows += [raw, spinning]
     log("(c) seed-style torch eager")
     import torch
 
@@ -664,7 +661,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row, concurrency in zip(service, CONCURRENCY, strict=True):
         ratios[f"service_c{concurrency}/raw"] = row.images_per_s / raw.images_per_s
         ratios[f"service_c{concurrency}/seed"] = row.images_per_s / seed_row.images_per_s
-        ratios[f"service_c{concurrency}/raw_nospin"] = row.images_per_s / quiet.images_per_s
+        ratios[f"service_c{concurrency}/raw_spin"] = row.images_per_s / spinning.images_per_s
 
     cpu = platform.processor() or platform.machine()
     where = (
@@ -701,7 +698,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"concurrency {concurrency}: (b)/(a) = {ratios[f'service_c{concurrency}/raw']:.2f}, "
             f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}, "
-            f"(b)/(a′) = {ratios[f'service_c{concurrency}/raw_nospin']:.2f}  (images/s)"
+            f"(b)/(a′) = {ratios[f'service_c{concurrency}/raw_spin']:.2f}  (images/s)"
         )
     pairs = ", ".join(f"{row.key} {agreement([raw, row]):.0%}" for row in rows[1:])
     print(

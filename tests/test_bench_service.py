@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "service.py"
 # Run first in the suite (alphabetically), this test may pay for the whole `bundle` setup: two
 # tiny runs, the detector and the export, 45 min at worst on a loaded 2-core host.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
-ROWS = {"raw", "raw_nospin", "service_c1", "service_c8", "seed"}
+ROWS = {"raw", "raw_spin", "service_c1", "service_c8", "seed"}
 
 
 def test_service_bench_quick(
@@ -43,10 +43,10 @@ def test_service_bench_quick(
         assert row["images"] == queries  # one pass in quick mode
         assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p95_ms"]
     assert set(result["ratios"]) == {
-        f"service_c{c}/{row}" for c in (1, 8) for row in ("raw", "raw_nospin", "seed")
+        f"service_c{c}/{row}" for c in (1, 8) for row in ("raw", "raw_spin", "seed")
     }
     # The service answers with the raw models' exact embeddings and ranking: the same top-1.
-    assert result["agreement_with_raw"]["raw_nospin"] == 1.0
+    assert result["agreement_with_raw"]["raw_spin"] == 1.0
     assert result["agreement_with_raw"]["service_c1"] == 1.0
     assert result["agreement_with_raw"]["service_c8"] == 1.0
     # torch against onnxruntime, ultralytics' letterbox against the ONNX detector's: a box or

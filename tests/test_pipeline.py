@@ -13,10 +13,10 @@ from fixtures.bundle import TOY_SIZE, make_toy_bundle, make_toy_embedder
 from PIL import Image
 
 from app.bundle import load_bundle
-from app.embedder import resolve_providers
 from app.manifest import BundleError, Manifest
 from app.pipeline import Crop, Pipeline
 from app.preprocess import EmbedTransform, pad_box
+from app.sessions import resolve_providers
 
 
 def photos(n: int, seed: int = 0) -> list[Image.Image]:
@@ -149,3 +149,13 @@ def test_providers_are_checked() -> None:
     assert resolve_providers(["cpu"]) == ["CPUExecutionProvider"]
     with pytest.raises(BundleError, match="'NoSuchExecutionProvider' is not available"):
         resolve_providers(["NoSuchExecutionProvider"])
+
+
+def test_sessions_do_not_spin_unless_asked(toy_bundle: Path) -> None:
+    """A bundle's sessions are opened with intra-op spinning off unless asked: the spinning
+    threads of one session steal the cores of the next on a CPU host."""
+    key = "session.intra_op.allow_spinning"
+    for spinning, expected in ((False, "0"), (True, "1")):
+        bundle = load_bundle(toy_bundle, ["cpu"], spinning=spinning)
+        for embedder in bundle.embedders:
+            assert embedder.session.get_session_options().get_session_config_entry(key) == expected

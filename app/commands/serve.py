@@ -12,8 +12,8 @@ import logging
 import os
 from pathlib import Path
 
-from app.embedder import resolve_providers
 from app.manifest import Manifest
+from app.sessions import resolve_providers
 from app.settings import ENV_PREFIX, load_settings
 
 __all__ = ["build_parser", "run"]
