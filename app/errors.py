@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.decode import ImageTooLargeError, UnreadableImageError, UnsupportedImageTypeError
 from app.schemas import ErrorResponse
 from gallery.errors import ConflictError, NotFoundError, WhaleidError
+from gallery.gallery import GalleryInputError
 
 __all__ = ["ApiError", "error_response", "install_error_handlers", "responses"]
 
@@ -47,6 +48,9 @@ _DOMAIN: list[tuple[type[WhaleidError], int, str]] = [
     (ImageTooLargeError, 413, "too_large"),
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
+    # A registration or search the gallery refuses (reserved or over-long id, wrong vector):
+    # a field of the request is at fault, not the server.
+    (GalleryInputError, 422, "invalid_field"),
 ]
 
 

@@ -50,7 +50,10 @@ class Settings(BaseSettings):
         "postgresql://user:password@host/db",
     )
     photos_dir: Path | None = Field(
-        None, description="where registered photos are kept (evidence thumbnails); none: not kept"
+        None,
+        description="where registered photos are kept (evidence thumbnails, re-embedding); "
+        "default: the folder the gallery recorded, else <name>-photos/ beside a SQLite file; "
+        "a PostgreSQL gallery keeps none unless given one",
     )
     index: Literal["flat", "hnsw"] = Field(
         "flat", description="faiss index: flat (exact) or hnsw (approximate, for millions)"

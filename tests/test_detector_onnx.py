@@ -106,7 +106,7 @@ def test_bad_model_files_are_bundle_errors(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="not found"):
         OnnxDetector(tmp_path / "missing.onnx", _spec())
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(BundleError, match="junk.onnx is not a model onnxruntime can load"):
+    with pytest.raises(BundleError, match=r"junk\.onnx is not a model onnxruntime can load"):
         OnnxDetector(tmp_path / "junk.onnx", _spec())
     make_fixed_detector(tmp_path / "d.onnx", [])
     with pytest.raises(BundleError, match="input_size 96"):
