@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--pretrained", default="efficientnet-lite")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--lr", type=float, help="backbone learning rate (default 1e-3 pretrained, 3e-3 not)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -125,7 +128,7 @@ def config_for(args: argparse.Namespace, folder: Path, variant: Variant) -> Trai
         f"model.pretrained={args.pretrained or 'null'}",
         f"optim.epochs={args.epochs}",
         f"optim.batch_size={args.batch_size}",
-        "optim.lr=0.001" if args.pretrained else "optim.lr=0.003",
+        f"optim.lr={args.lr or (0.001 if args.pretrained else 0.003)}",
         "optim.warmup_epochs=0.5",
         "eval.every=0",
         "eval.at_end=false",  # this script tunes and tests itself, embedding each photo once
@@ -231,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant.name}: {json.dumps(figures)}", flush=True)
     print(
         f"\n{args.backbone} ({args.pretrained or 'no pretrained weights'}), {args.image_size} px, "
-        f"{args.epochs} epochs, batch {args.batch_size}, {args.individuals} individuals, "
+        f"{args.epochs} epochs, batch {args.batch_size}, lr {run.config.optim.lr:g}, "
+        f"{args.individuals} individuals, "
         f"seed {args.seed}; total {time.perf_counter() - started:.0f} s"
     )
     print(markdown(rows))

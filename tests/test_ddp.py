@@ -27,6 +27,7 @@ def _overrides(catalogue: Path, out: Path) -> list[str]:
         f"out={out}",
         "data.image_size=32",
         "model.backbone=test_efficientnet_gn",  # GroupNorm: no batch statistics
+        "model.pretrained=null",
         "optim.freeze_bn=true",
         # GeM's p is one scalar whose gradient sums over every pixel: near zero, its sign is
         # float noise, and Adam's first steps (update ≈ lr · sign) turn that noise into ±lr.
@@ -40,9 +41,17 @@ def _overrides(catalogue: Path, out: Path) -> list[str]:
     ]
 
 
-def test_two_process_ddp_equals_one_process(catalogue: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
     from training.config import load_config
     from training.loop import train
+    from training.synth import make_catalogue
+
+    # A catalogue of its own, small: a few steps. The two runs agree step by step to float
+    # noise, but wherever a gradient is near zero Adam's update is about ±lr whatever its
+    # size, so a handful of elements can differ by a good part of lr (5e-5 seen in conv_head).
+    # Hence the comparison per tensor, relative to its norm, which such elements barely move.
+    catalogue = tmp_path / "catalogue"
+    make_catalogue(catalogue, individuals=48, photos=8, species=3, seed=11, image_size=(320, 240))
 
     single = train(
         load_config(REPO / "configs" / "tiny.yaml", _overrides(catalogue, tmp_path)),
@@ -63,6 +72,9 @@ def test_two_process_ddp_equals_one_process(catalogue: Path, tmp_path: Path) -> 
     for part in ("model", "head"):
         for name, value in one[part].items():
             if value.is_floating_point():
-                torch.testing.assert_close(two[part][name], value, atol=2e-5, rtol=1e-4, msg=name)
+                gap = float(torch.linalg.vector_norm(two[part][name] - value))
+                # Measured: at most 1.2e-4 of the norm (backbone.bn2.bias); a batch split or
+                # gradient average gone wrong moves whole tensors by percents.
+                assert gap <= 1e-3 * float(torch.linalg.vector_norm(value)) + 1e-6, name
     # Same split, same labels: process 0 prepared the folder exactly as a plain run does.
     assert (single / "splits.json").read_text() == (tmp_path / "ddp" / "splits.json").read_text()

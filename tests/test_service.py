@@ -16,8 +16,6 @@ from fixtures.service import (
 )
 from PIL import Image, ImageEnhance
 
-from app.manifest import Manifest
-
 # The first test to ask for the session bundle pays for training it (two runs and a detector,
 # tens of minutes on a loaded 2-core host), as the bundle and bench tests allow for.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -75,25 +73,16 @@ def next_frame(path: Path) -> bytes:
     return buf.getvalue()
 
 
-def identifies_across_photos(bundle: Path) -> bool:
-    """Whether the bundle tells individuals apart across photos (its own CV figure). The tiny
-    test bundle does not (its map5_known is near 0): that is the model's job, measured by
-    training's evaluation; the service's is that a registration is searchable at once and
-    durably, which a second frame of the same encounter shows with any embedder."""
-    return Manifest.read(bundle, verify=False).cv_metrics.get("map5_known", 0.0) >= 0.5
-
-
 def test_registered_individual_ranks_first_and_survives_a_restart(
-    service: Server, service_bundle: Path, catalogue: Path
+    service: Server, strangers: Path
 ) -> None:
-    photos = catalogue_photos(catalogue)
-    stranger = list(photos)[GALLERY_INDIVIDUALS + 3]  # not in the gallery
-    first = photos[stranger][0]
-    if identifies_across_photos(service_bundle):
-        other = photos[stranger][1].read_bytes()
-    else:
-        other = next_frame(first)
-    query = {"image": ("other.jpg", other, "image/jpeg")}
+    """A photo registered for a new individual (an animal no model of the bundle was trained
+    on) is searchable from the next request, durably: the next frame of that photo ranks it
+    first, and still does after a restart. Identification across different photos, which is
+    the model's part, is the next test's."""
+    photos = catalogue_photos(strangers)
+    first = photos[next(iter(photos))][0]
+    query = {"image": ("next-frame.jpg", next_frame(first), "image/jpeg")}
     with service.client(service.write_key) as client:
         registered = client.post(
             "/gallery",
@@ -115,6 +104,37 @@ def test_registered_individual_ranks_first_and_survives_a_restart(
     assert after["predictions"][0]["score"] == pytest.approx(before["predictions"][0]["score"])
     assert detail.status_code == 200
     assert [i["id"] for i in detail.json()["images"]] == [image["image_id"]]
+
+
+def test_new_individuals_are_identified_from_their_other_photos(
+    service: Server, strangers: Path
+) -> None:
+    """Five new individuals registered over HTTP with one photo each; each of their other
+    photos (independent shots: pose, light, sea, camera all redrawn) is sent to /identify.
+
+    Scored from the HTTP answers: how often the newcomer is the best-scored individual, and
+    MAP@5 with new_individual where the bundle's threshold puts it. With the tiny CPU bundle
+    (measured on other seeds' strangers: 75-79% best, MAP@5 0.54-0.62 among 14 individuals)
+    that is far above chance (1 in 14); a service whose preprocessing or ranking drifted from
+    training's would fall to chance. Ranking first overall is rarer (21-33%): the threshold,
+    tuned on 148 individuals, sits near this model's typical same-individual similarity."""
+    photos = catalogue_photos(strangers)
+    newcomers = {f"stranger-{k}": shots for k, shots in enumerate(list(photos.values())[1:])}
+    hits, precision = [], []
+    with service.client(service.write_key) as client:
+        for name, shots in newcomers.items():
+            made = client.post("/gallery", files=jpeg_part(shots[0]), data={"individual_id": name})
+            assert made.status_code == 201, made.text
+        for name, shots in newcomers.items():
+            for shot in shots[1:]:
+                answer = client.post("/identify", files=jpeg_part(shot)).json()
+                ids = [p["individual_id"] for p in answer["predictions"]]
+                hits.append(next(i for i in ids if i != NEW) == name)
+                precision.append(1 / (ids.index(name) + 1) if name in ids else 0.0)
+    best, map5 = sum(hits) / len(hits), sum(precision) / len(precision)
+    print(f"\nbest-scored individual right on {sum(hits)}/{len(hits)}; MAP@5 {map5:.3f}")
+    assert best >= 0.5
+    assert map5 >= 0.4
 
 
 def test_gallery_resources(service: Server, catalogue: Path) -> None:

@@ -149,12 +149,13 @@ def test_mean_colour_does_not_identify(spec_catalogue: Path) -> None:
 
 
 def test_fixture_catalogue_api(catalogue: Path) -> None:
-    """The session catalogue other tests train on: 48 × 8 photos at 320×240, 3 species."""
+    """The session catalogue other tests train on: 160 × 5 photos at 512×384, 3 species."""
     rows = _rows(catalogue / "train.csv")
-    assert len(rows) == 48 * 8 and len({r["individual_id"] for r in rows}) == 48
+    assert len(rows) == 160 * 5 and len({r["individual_id"] for r in rows}) == 160
+    assert len({r["species"] for r in rows}) == 3
     with Image.open(catalogue / "images" / rows[0]["image"]) as im:
-        assert im.size == (320, 240)
-    assert len(list((catalogue / "labels").glob("*.txt"))) == 48 * 8
+        assert im.size == (512, 384)
+    assert len(list((catalogue / "labels").glob("*.txt"))) == 160 * 5
 
 
 def test_make_catalogue_summary_and_species_names(tmp_path: Path) -> None:

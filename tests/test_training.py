@@ -28,36 +28,32 @@ RUN_FILES = [
 
 
 def test_training_beats_the_untrained_model(tiny_run: Path) -> None:
-    """Measured on the held-out fold of the training individuals (closed set), where a tiny
-    from-scratch model on a few hundred synthetic photos does learn; on the open set (one
-    gallery photo of an individual never trained on) it does not beat new-first in a CPU
-    test's budget, so there it only has to do no harm (see bench/RESULTS.md for real data)."""
+    """On the open set (individuals never trained on: one gallery photo each for some, none for
+    the others, against every training photo), the trained embedder beats the same model
+    before training (the ImageNet weights, an untrained neck) by a wide margin.
+
+    Two figures: MAP@5 at each model's best new_individual threshold on that validation set,
+    and the known queries' MAP@5 with no new_individual at all, which no threshold touches."""
     run = Run(tiny_run)
     cfg = run.config
     torch.manual_seed(cfg.seed)
-    untrained = build_model(cfg.model)
-    before_closed = closed_set_map5(untrained, run)
-    after_closed = closed_set_map5(run.load_embedder(), run)
-    before_open = float(
-        sweep(
-            embed_eval_set(untrained, run.open_set_split(), run.transform(), cfg.eval,
-                           padding=cfg.data.box_padding),
-            cfg.eval,
-        ).map_all.max()
-    )  # fmt: skip
-    after_open = run.evaluation["map5"]
-    print(f"closed-set MAP@5 {before_closed:.3f} -> {after_closed:.3f}; "
-          f"open-set {before_open:.3f} -> {after_open:.3f}")  # fmt: skip
-    assert after_closed >= before_closed + 0.06  # measured: 0.187 -> 0.277
-    assert after_open >= before_open - 0.02
+    before = open_set_figures(build_model(cfg.model), run)
+    after = open_set_figures(run.load_embedder(), run)
+    print(f"open-set MAP@5 {before[0]:.3f} -> {after[0]:.3f}; "
+          f"known queries among every individual {before[1]:.3f} -> {after[1]:.3f}")  # fmt: skip
+    assert after[0] == pytest.approx(run.evaluation["map5"])
+    # Measured 0.38-0.40 -> 0.60-0.71 and 0.07-0.12 -> 0.60-0.70 (seeds, thread counts).
+    assert after[0] >= before[0] + 0.15
+    assert after[1] >= before[1] + 0.3
 
 
-def closed_set_map5(model: torch.nn.Module, run: Run) -> float:
-    """MAP@5 of the held-out fold's photos against the training gallery, no new_individual."""
+def open_set_figures(model: torch.nn.Module, run: Run) -> tuple[float, float]:
+    """(MAP@5 at the best threshold, known queries' MAP@5 without new_individual)."""
     cfg = run.config
-    embedded = embed_eval_set(model, run.closed_set_split(), run.transform(), cfg.eval,
+    embedded = embed_eval_set(model, run.open_set_split(), run.transform(), cfg.eval,
                               padding=cfg.data.box_padding)  # fmt: skip
-    return float(score_at(embedded, -1.0, cfg.eval)["map5"] or 0.0)
+    tuned = float(sweep(embedded, cfg.eval).map_all.max())
+    return tuned, float(score_at(embedded, -1.0, cfg.eval)["map5_known"] or 0.0)
 
 
 def test_run_folder_contract(tiny_run: Path) -> None:

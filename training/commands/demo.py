@@ -3,11 +3,11 @@
     whaleid demo --out .demo [--port 8000] [--no-serve]
 
 Each step is the project's own code, run on a small synthetic catalogue: `whaleid synth`'s
-make_catalogue, the tiny training config (configs/tiny.yaml), a narrow YOLO detector trained
-for a few epochs, export_bundle, `whaleid gallery import` (every photo but one per individual,
-which are kept back as queries), a write key made by `whaleid keys`, and `whaleid serve` on a
-SQLite gallery. A step whose output is already in --out is skipped, so a second run starts
-serving at once.
+make_catalogue, the tiny training config (configs/tiny.yaml), the narrow YOLO detector's CPU
+recipe (training.detector.narrow), export_bundle, `whaleid gallery import` (every photo but one
+per individual, which are kept back as queries), a write key made by `whaleid keys`, and
+`whaleid serve` on a SQLite gallery. A step whose output is already in --out is skipped, so a
+second run starts serving at once.
 """
 
 from __future__ import annotations
@@ -26,28 +26,9 @@ __all__ = ["build_parser", "run"]
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 
-CATALOGUE = {"individuals": 24, "photos": 6, "species": 3, "seed": 7, "image_size": (320, 240)}
-# A YOLO11 narrower than its smallest shipped scale, at 160 px: the synthetic fins are big,
-# plain objects, and the demo must train on a laptop CPU in a couple of minutes.
-DETECTOR_SCALE = [0.33, 0.125, 256]  # depth, width, max channels
-DETECTOR_RECIPE = {
-    "imgsz": 160,
-    "epochs": 40,  # fewer leave boxes too unsure for export's ONNX parity check
-    "batch": 8,
-    "seed": 0,
-    "device": "cpu",
-    "workers": 0,
-    "cache": True,
-    "overrides": {
-        "val": False,
-        "warmup_epochs": 1,
-        "mosaic": 0.0,
-        "close_mosaic": 0,
-        "optimizer": "AdamW",
-        "lr0": 0.006,
-        "scale": 0.25,
-    },
-}
+# Many individuals with few photos each: identities are what the embedder learns from; 512x384
+# keeps the marks of a fin 15% of the frame high (tests/fixtures/catalogue.py measures both).
+CATALOGUE = {"individuals": 80, "photos": 5, "species": 3, "seed": 7, "image_size": (512, 384)}
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -126,26 +107,16 @@ def train_embedder(catalogue: Path, out: Path) -> Path:
 
 
 def train_detector(catalogue: Path, out: Path) -> Path:
-    import yaml
-
-    from training.detector import yolo
-    from training.detector.config import DetectorTrainConfig
+    from training.detector.dataset import read_photos
+    from training.detector.narrow import cpu_recipe, narrow_model_yaml
     from training.detector.run import RUN_FILE
     from training.detector.train import train_detector as train
 
     run_dir = out / "runs" / "detector"
     if not (run_dir / RUN_FILE).is_file():
         start = _step(f"tiny fin detector → {run_dir}")
-        yolo.load()  # ultralytics' offline switches, before anything imports it
-        import ultralytics
-
-        source = Path(ultralytics.__file__).parent / "cfg" / "models" / "11" / "yolo11.yaml"
-        model = yaml.safe_load(source.read_text())
-        model["scales"] = {"n": DETECTOR_SCALE}
-        model_yaml = out / "runs" / "yolo11-narrow.yaml"
-        model_yaml.parent.mkdir(parents=True, exist_ok=True)
-        model_yaml.write_text(yaml.safe_dump(model, sort_keys=False))
-        train(catalogue, run_dir, DetectorTrainConfig(model=str(model_yaml), **DETECTOR_RECIPE))  # type: ignore[arg-type]
+        model_yaml = narrow_model_yaml(out / "runs")
+        train(catalogue, run_dir, cpu_recipe(model_yaml, len(read_photos(catalogue))))
         _done(start)
     return run_dir
 
