@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import zlib
-
 import numpy as np
 import pytest
+from fixtures.uploads import bomb_png, encode
 from PIL import Image
 
 from app.decode import (
@@ -15,12 +13,6 @@ from app.decode import (
     UnsupportedImageTypeError,
     decode_image,
 )
-
-
-def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
 
 
 def gradient(width: int = 64, height: int = 48) -> Image.Image:
@@ -63,19 +55,6 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
     data = encode(gradient(200, 100), "PNG")
     with pytest.raises(ImageTooLargeError, match="20,000"):
         decode_image(data, max_pixels=19_999)
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG header claiming a huge grey image, with a tiny compressed body."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        body = kind + payload
-        return len(payload).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    rows = zlib.compress(b"\x00" * 1024)
-    signature = b"\x89PNG\r\n\x1a\n"
-    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
 def test_decompression_bomb_is_refused() -> None:

@@ -3,39 +3,18 @@ server keeps answering; the odd-but-readable ones (CMYK, 16-bit, EXIF-rotated) a
 
 from __future__ import annotations
 
-import io
-import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from fixtures.service import Server, catalogue_photos
+from fixtures.uploads import bomb_png, encode
 from PIL import Image
 
 # The first test to ask for the session bundle pays for training it (two runs and a detector,
 # tens of minutes on a loaded 2-core host), as the bundle and bench tests allow for.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
-
-
-def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG header claiming width × height grey pixels, with a tiny compressed body."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        body = kind + payload
-        return len(payload).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    idat = zlib.compress(b"\x00" * 4096)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture(scope="module")

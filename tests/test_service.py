@@ -116,7 +116,7 @@ def test_new_individuals_are_identified_from_their_other_photos(
     MAP@5 with new_individual where the bundle's threshold puts it. With the tiny CPU bundle
     (measured on other seeds' strangers: 75-79% best, MAP@5 0.54-0.62 among 14 individuals)
     that is far above chance (1 in 14); a service whose preprocessing or ranking drifted from
-    training's would fall to chance. Ranking first overall is rarer (21-33%): the threshold,
+    training's would fall to chance. Ranking first overall is rarer (21-38%): the threshold,
     tuned on 148 individuals, sits near this model's typical same-individual similarity."""
     photos = catalogue_photos(strangers)
     newcomers = {f"stranger-{k}": shots for k, shots in enumerate(list(photos.values())[1:])}
