@@ -28,8 +28,6 @@ import argparse
 import io
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +55,7 @@ from app.manifest import EmbedderSpec, Manifest
 from app.pipeline import Pipeline
 from app.preprocess import EmbedTransform, crop_box, hflip, letterbox, pad_box
 from app.sessions import open_session, resolve_providers
+from bench.server import ServeProcess, ServerFailed, serve_env
 from gallery.rank import NEW, NEW_INDIVIDUAL, rank
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,69 +308,14 @@ class Raw:
 # (b) ------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """`whaleid serve` in a subprocess, configured the operator's way (WHALEID_* variables)."""
+class Server(ServeProcess):
+    """The service under test, with a read key made for the run."""
 
     def __init__(self, bundle: Path, gallery_db: Path, workdir: Path, device: str) -> None:
         from app.keys import add_key
 
         self.key, _ = add_key(workdir / "keys.json", scope="read", name="bench/service.py")
-        self.port = free_port()
-        self.workdir = workdir
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WHALEID_")}
-        env.update(
-            PYTHONPATH=str(REPO),
-            WHALEID_BUNDLE=str(bundle.resolve()),
-            WHALEID_GALLERY=str(gallery_db.resolve()),
-            WHALEID_KEYS_FILE=str(workdir / "keys.json"),
-            WHALEID_PROVIDERS=device,
-            WHALEID_LOG_LEVEL="warning",
-        )
-        self.log = workdir / "server.log"
-        with self.log.open("wb") as out:
-            # cwd: the temporary folder, so no .env of the checkout changes the settings.
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                cwd=workdir,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"the server was not ready after {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # uvicorn shuts down gracefully on SIGTERM
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(workdir, serve_env(bundle, gallery_db, workdir / "keys.json", device))
 
 
 def fill_gallery(url: str, pipeline: Pipeline, gallery: GalleryData) -> None:
@@ -642,10 +586,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log("(b) starting whaleid serve")
         server = Server(inputs.bundle, db, Path(tmp), args.device)
         try:
-            server.wait_ready()
+            server.start()
             for concurrency in CONCURRENCY:
                 log(f"(b) concurrency {concurrency}")
                 rows.append(time_http(server, queries, repeat, concurrency))
+        except ServerFailed as exc:
+            raise SystemExit(str(exc)) from exc
         finally:
             server.stop()
     service = rows[2:]
