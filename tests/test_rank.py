@@ -127,3 +127,22 @@ def test_sweep_separates_known_and_new_and_finds_the_gap() -> None:
     low = sweep.at(0.0)  # new_individual never first: new queries score 1/3
     assert low["map5_known"] == pytest.approx(1.0)
     assert low["map5_new"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(("seed", "hits"), [(0, 50), (1, 8), (2, 3)])
+def test_sweep_equals_ranking_at_each_threshold(seed: int, hits: int) -> None:
+    """The sweep's shortcut (new_individual's slot per threshold) scores exactly what ranking
+    at every threshold and scoring the answers does: ties with the threshold, repeated
+    individuals, missing hits and rows with fewer than five individuals included."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    sims = np.round(rng.uniform(0, 1, size=(n, hits)), 2).astype(np.float32)
+    labels = rng.integers(-1, 12, size=(n, hits))
+    truth = rng.integers(-1, 14, size=n)  # NEW, gallery individuals, and absent ones
+    thresholds = np.round(np.linspace(-0.1, 1.1, 121), 2).astype(np.float32)
+    sweep = sweep_thresholds(sims, labels, truth, thresholds)
+    for i, threshold in enumerate(thresholds):
+        scores = average_precision_at_k(rank(sims, labels, float(threshold)).codes, truth)
+        assert sweep.map_all[i] == pytest.approx(scores.mean())
+        assert sweep.map_known[i] == pytest.approx(scores[truth != NEW].mean())
+        assert sweep.map_new[i] == pytest.approx(scores[truth == NEW].mean())
