@@ -162,7 +162,7 @@ class Engine:
         decoded = time.perf_counter()
         (vector, crop), waited = await self.batcher.submit(image)
         embedded = time.perf_counter()
-        threshold = self.pipeline.manifest.threshold_for(species)
+        threshold = self.pipeline.manifest.threshold_for(species, self.gallery.size)
         (candidates,) = await self._gallery(
             self.gallery.search, vector[None, :], top_k=top_k, threshold=threshold, species=species
         )

@@ -9,7 +9,9 @@ model: gallery embeddings carry it, and a gallery made by another fingerprint is
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ __all__ = [
     "DetectorSpec",
     "EmbedderSpec",
     "Manifest",
+    "ThresholdPoint",
     "file_digests",
     "fingerprint_files",
 ]
@@ -60,6 +63,15 @@ class EmbedderSpec(BaseModel):
     flip_tta: bool = Field(False, description="average with the horizontally flipped crop")
 
 
+class ThresholdPoint(BaseModel):
+    """The threshold tuned for a gallery of about this many embeddings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: int = Field(gt=0, description="gallery embeddings")
+    threshold: float = Field(description="the best new_individual threshold at that size")
+
+
 class Manifest(BaseModel):
     """Everything serving needs to know about a bundle."""
 
@@ -78,6 +90,12 @@ class Manifest(BaseModel):
         "and the catalogue's alike: the embedders were trained on crops grown this much",
     )
     threshold: float = Field(description="similarity under which new_individual ranks first")
+    threshold_curve: list[ThresholdPoint] = Field(
+        default_factory=list,
+        description="the threshold tuned on smaller galleries, by size: a new individual's "
+        "best impostor scores higher among more photos, so a small gallery needs a lower "
+        "threshold; `threshold` holds at the validation gallery's size and beyond",
+    )
     species_thresholds: dict[str, float] = Field(default_factory=dict)
     species: list[str] = Field(default_factory=list)
     cv_metrics: dict[str, float] = Field(
@@ -104,6 +122,9 @@ class Manifest(BaseModel):
             raise ValueError(
                 f"detector.padding {self.detector.padding} != box_padding {self.box_padding}"
             )
+        sizes = [p.images for p in self.threshold_curve]
+        if any(b <= a for a, b in pairwise(sizes)):
+            raise ValueError(f"threshold_curve sizes must increase: {sizes}")
         return self
 
     @property
@@ -112,11 +133,21 @@ class Manifest(BaseModel):
         files = [self.detector.file] if self.detector else []
         return files + [e.file for e in self.embedders]
 
-    def threshold_for(self, species: str | None) -> float:
-        """The species' tuned threshold where there is one, else the global one."""
+    def threshold_for(self, species: str | None, gallery_images: int | None = None) -> float:
+        """The species' tuned threshold where there is one; else the one for a gallery of
+        `gallery_images` embeddings: the curve interpolated in log(size), the curve's first
+        point below it, `threshold` at and beyond its last (and when the size is not given)."""
         if species is not None and species in self.species_thresholds:
             return self.species_thresholds[species]
-        return self.threshold
+        curve = self.threshold_curve
+        if gallery_images is None or not curve or gallery_images >= curve[-1].images:
+            return self.threshold
+        if gallery_images <= curve[0].images:
+            return curve[0].threshold
+        upper = next(i for i, p in enumerate(curve) if p.images > gallery_images)
+        a, b = curve[upper - 1], curve[upper]
+        share = math.log(gallery_images / a.images) / math.log(b.images / a.images)
+        return a.threshold + share * (b.threshold - a.threshold)
 
     def write(self, bundle_dir: Path) -> Path:
         path = Path(bundle_dir) / MANIFEST_NAME

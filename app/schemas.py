@@ -70,7 +70,10 @@ class IdentifyResponse(BaseModel):
     predictions: list[Prediction] = Field(
         description="top_k candidates, best first; `new_individual` is one of them"
     )
-    threshold: float = Field(description="similarity under which new_individual ranks first")
+    threshold: float = Field(
+        description="similarity under which new_individual ranks first: the bundle's, tuned "
+        "for the species where it has one, else for a gallery of the current size"
+    )
     crop: CropOut | None = Field(
         description="where the photo was cropped; null when the whole photo was used"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,13 @@ def test_the_bundle_holds_what_the_manifest_says(exported_bundle: ExportedBundle
     assert manifest.threshold == pytest.approx(manifest.cv_metrics["threshold"])
     assert report.sweep.best_threshold == pytest.approx(manifest.threshold)
     assert {"map5", "map5_known", "map5_new", "queries"} <= set(manifest.cv_metrics)
-    print(f"\nexport of 2 runs + detector: {exported_bundle.export_seconds:.1f} s")
+    # ... and so is its curve over smaller galleries, which ends at the whole gallery.
+    curve = manifest.threshold_curve
+    assert len(curve) >= 3 and curve[-1].images == manifest.cv_metrics["gallery"]
+    assert curve[-1].threshold == pytest.approx(manifest.threshold)
+    assert all(a.threshold <= b.threshold for a, b in pairwise(curve))
+    print(f"\nthreshold by gallery photos: {[(p.images, round(p.threshold, 3)) for p in curve]}")
+    print(f"export of 2 runs + detector: {exported_bundle.export_seconds:.1f} s")
 
 
 def test_fp32_parity(exported_bundle: ExportedBundle) -> None:
@@ -59,6 +66,8 @@ def test_fp16_export(tiny_run: Path, tmp_path: Path) -> None:
     # One run: its own tuned threshold and figures.
     evaluation = json.loads((tiny_run / "evaluation.json").read_text())
     assert pipeline.manifest.threshold == pytest.approx(evaluation["threshold"])
+    curve = [p.model_dump() for p in pipeline.manifest.threshold_curve]
+    assert curve == evaluation["threshold_curve"] and len(curve) >= 3
 
 
 def test_a_tampered_model_file_is_named(bundle: Path, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from fixtures.service import (
 )
 from PIL import Image, ImageEnhance
 
+from app.manifest import Manifest
+
 # The first test to ask for the session bundle pays for training it (two runs and a detector,
 # tens of minutes on a loaded 2-core host), as the bundle and bench tests allow for.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -28,13 +30,14 @@ def jpeg_part(path: Path) -> dict[str, tuple[str, bytes, str]]:
 
 
 def test_identify_answers_five_predictions_with_new_individual(
-    service: Server, catalogue: Path
+    service: Server, service_bundle: Path, catalogue: Path
 ) -> None:
     photos = catalogue_photos(catalogue)
     known = next(iter(photos))
     query = photos[known][GALLERY_PHOTOS]  # a photo that is not in the gallery
     with service.client(service.read_key) as client:
         response = client.post("/identify", files=jpeg_part(query))
+        gallery_size = client.get("/readyz").json()["gallery_size"]
     assert response.status_code == 200, response.text
     body = response.json()
     predictions = body["predictions"]
@@ -48,6 +51,12 @@ def test_identify_answers_five_predictions_with_new_individual(
             assert p["evidence"] is None and p["score"] == pytest.approx(body["threshold"])
         else:
             assert p["evidence"]["similarity"] == pytest.approx(p["score"])
+    # The threshold tuned for a gallery of this size: lower than the whole validation
+    # gallery's, whose 628 photos give a new individual's photo more impostors.
+    manifest = Manifest.read(service_bundle)
+    assert body["threshold"] == pytest.approx(manifest.threshold_for(None, gallery_size))
+    if manifest.threshold_curve and gallery_size < manifest.threshold_curve[-1].images:
+        assert body["threshold"] < manifest.threshold
     assert len(body["model"]) == 64
     assert {"decode", "queue", "embed", "search", "total"} <= set(body["timing_ms"])
 
@@ -112,12 +121,13 @@ def test_new_individuals_are_identified_from_their_other_photos(
     """Five new individuals registered over HTTP with one photo each; each of their other
     photos (independent shots: pose, light, sea, camera all redrawn) is sent to /identify.
 
-    Scored from the HTTP answers: how often the newcomer is the best-scored individual, and
-    MAP@5 with new_individual where the bundle's threshold puts it. With the tiny CPU bundle
-    (measured on other seeds' strangers: 75-79% best, MAP@5 0.54-0.62 among 14 individuals)
-    that is far above chance (1 in 14); a service whose preprocessing or ranking drifted from
-    training's would fall to chance. Ranking first overall is rarer (21-38%): the threshold,
-    tuned on 148 individuals, sits near this model's typical same-individual similarity."""
+    Scored from the HTTP answers: how often the newcomer is the best-scored individual, how
+    often it ranks first overall (ahead of new_individual too), and MAP@5 with new_individual
+    where the bundle's threshold puts it. With the tiny CPU bundle (measured: 75% best, 65%
+    first, MAP@5 0.76 among 14 individuals) that is far above chance (1 in 14); a service
+    whose preprocessing or ranking drifted from training's would fall to chance. Ranking
+    first needs the threshold tuned for a gallery this small (about 0.71, against 0.81 for
+    the 628 photos of the validation gallery): with that one threshold it was 25%."""
     photos = catalogue_photos(strangers)
     newcomers = {f"stranger-{k}": shots for k, shots in enumerate(list(photos.values())[1:])}
     hits, firsts, precision = [], [], []
@@ -138,7 +148,8 @@ def test_new_individuals_are_identified_from_their_other_photos(
         f"first overall on {sum(firsts)}/{len(firsts)}; MAP@5 {map5:.3f}"
     )
     assert best >= 0.5
-    assert map5 >= 0.4
+    assert sum(firsts) / len(firsts) >= 0.3
+    assert map5 >= 0.5
 
 
 def test_gallery_resources(service: Server, catalogue: Path) -> None:

@@ -150,6 +150,12 @@ class EvalConfig(_Strict):
     at_end: bool = Field(True, description="tune the threshold when training ends")
     batch_size: int = Field(64, ge=1)
     threshold_step: float = Field(0.005, gt=0.0, description="threshold sweep resolution")
+    curve_draws: int = Field(
+        8,
+        ge=0,
+        description="random smaller galleries per size when tuning the threshold by gallery "
+        "size (0: one threshold whatever the gallery's size)",
+    )
 
 
 class TrainConfig(_Strict):

@@ -36,6 +36,7 @@ from app.manifest import (
     DetectorSpec,
     EmbedderSpec,
     Manifest,
+    ThresholdPoint,
     file_digests,
     fingerprint_files,
 )
@@ -44,7 +45,7 @@ from app.preprocess import EmbedTransform, to_batch
 from gallery.errors import WhaleidError
 from gallery.metrics import SweepResult
 from training.catalogue import Photo, read_photo
-from training.evaluate import EmbeddedSet, summary, sweep, write_sweep_csv
+from training.evaluate import EmbeddedSet, summary, sweep, threshold_curve, write_sweep_csv
 from training.runs import Run
 from training.splits import EvalSet
 
@@ -243,8 +244,9 @@ def _common(runs: Sequence[Run], what: str, values: list[Any]) -> Any:
 
 def retune_threshold(
     pipeline: Pipeline, runs: Sequence[Run], bundle_dir: Path
-) -> tuple[SweepResult, dict[str, float]]:
-    """Sweep the ensemble's threshold on the runs' shared open-set validation.
+) -> tuple[SweepResult, dict[str, float], list[ThresholdPoint]]:
+    """Sweep the ensemble's threshold on the runs' shared open-set validation, and its curve
+    over smaller galleries (training.evaluate.threshold_curve).
 
     Photos are embedded by the bundle's own pipeline exactly as serving will embed them:
     gallery photos with their catalogue boxes (as `whaleid gallery import` registers them),
@@ -269,11 +271,13 @@ def retune_threshold(
     embedded = EmbeddedSet(
         eval_set, embed(eval_set.gallery, with_boxes=True), embed(eval_set.queries, False)
     )
-    result = sweep(embedded, runs[0].config.eval)
+    cfg = runs[0].config.eval
+    result = sweep(embedded, cfg)
     figures = {k: float(v) for k, v in summary(result, eval_set).items() if v is not None}
+    curve = threshold_curve(embedded, result, cfg, seed=runs[0].config.seed)
     plot_sweep(result, bundle_dir / SWEEP_PNG, title=f"ensemble of {len(runs)}: threshold sweep")
     write_sweep_csv(result, bundle_dir / SWEEP_CSV)
-    return result, figures
+    return result, figures, [ThresholdPoint.model_validate(p) for p in curve]
 
 
 def _single_run_figures(run: Run) -> dict[str, float]:
@@ -409,6 +413,7 @@ def _export_into(
             embedding_dim=sum(s.output_dim for s in specs),
             box_padding=padding,
             threshold=runs[0].threshold,
+            threshold_curve=runs[0].evaluation.get("threshold_curve", []),
             species=sorted({s for lab in labels for s in lab.species}),
             cv_metrics=_single_run_figures(runs[0]),
             training_configs=[run.config.model_dump(mode="json") for run in runs],
@@ -417,11 +422,13 @@ def _export_into(
     result = None
     if len(runs) > 1:
         pipeline = Pipeline.from_bundle(work, list(providers) if providers else None)
-        result, figures = retune_threshold(pipeline, runs, work)
-        manifest = _write_manifest(
-            work,
-            manifest.model_copy(update={"threshold": result.best_threshold, "cv_metrics": figures}),
-        )
+        result, figures, curve = retune_threshold(pipeline, runs, work)
+        tuned = {
+            "threshold": result.best_threshold,
+            "cv_metrics": figures,
+            "threshold_curve": curve,
+        }
+        manifest = _write_manifest(work, manifest.model_copy(update=tuned))
     # Read back as serving will: files, fingerprint and every session's inputs and outputs.
     Pipeline.from_bundle(work, list(providers) if providers else None)
     return ExportReport(bundle=work, manifest=manifest, parity=parities, sweep=result)

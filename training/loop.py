@@ -30,7 +30,15 @@ from training.catalogue import Photo, load_catalogue
 from training.config import TrainConfig
 from training.data import GlobalBatchSampler, PhotoDataset
 from training.distributed import Dist, setup, teardown
-from training.evaluate import EmbeddedSet, embed_eval_set, score_at, summary, sweep, write_sweep_csv
+from training.evaluate import (
+    EmbeddedSet,
+    embed_eval_set,
+    score_at,
+    summary,
+    sweep,
+    threshold_curve,
+    write_sweep_csv,
+)
 from training.heads import MarginHead
 from training.model import EmbeddingModel, build_model
 from training.plots import plot_curves, plot_sweep
@@ -290,8 +298,10 @@ def evaluate_run(run: Run, *, device: torch.device | str = "cpu") -> dict[str, A
                               padding=cfg.data.box_padding, device=device)  # fmt: skip
 
     open_set = run.open_set_split()
-    result = sweep(embed(open_set), cfg.eval)
+    embedded = embed(open_set)
+    result = sweep(embedded, cfg.eval)
     evaluation: dict[str, Any] = {**summary(result, open_set), "flip_tta": cfg.eval.flip_tta}
+    evaluation["threshold_curve"] = threshold_curve(embedded, result, cfg.eval, seed=cfg.seed)
     closed = run.closed_set_split()
     if closed.queries:
         closed_scores = score_at(embed(closed), result.best_threshold, cfg.eval)

@@ -51,7 +51,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="new_individual threshold (default: the bundle's, for --species where tuned)",
+        help="new_individual threshold (default: the bundle's, tuned for --species or for a "
+        "gallery of this size)",
     )
     parser.add_argument("--species", default=None, help="only rank individuals of this species")
     parser.add_argument("--batch-size", type=int, default=32, help="photos per model call")
@@ -104,14 +105,15 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise WhaleidError("--top-k and --batch-size must be at least 1")
     pipeline = Pipeline.from_bundle(args.bundle, args.providers)
-    # As POST /identify does: the species' own threshold where the bundle has one.
-    threshold = args.threshold
-    if threshold is None:
-        threshold = pipeline.manifest.threshold_for(args.species)
     photos = list_images(args.images)
     url = gallery_url(args.gallery)
     _check_sqlite_exists(url)
     with Gallery.open(url, fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim) as gallery:
+        # As POST /identify does: the species' own threshold where the bundle has one, else
+        # the one tuned for a gallery of this size.
+        threshold = args.threshold
+        if threshold is None:
+            threshold = pipeline.manifest.threshold_for(args.species, gallery.size)
         rows, skipped = _identify(args, pipeline, gallery, photos, threshold)
     _write_csv(args.out, rows)
     note = f", {len(skipped)} unreadable photo(s) left out" if skipped else ""

@@ -36,6 +36,10 @@ def format_evaluation(evaluation: dict) -> str:
         f"| gallery photos (individuals) | {evaluation['gallery']} "
         f"({evaluation['gallery_individuals']}) |",
     ]
+    curve = evaluation.get("threshold_curve")
+    if curve and len(curve) > 1:
+        shown = ", ".join(f"{p['images']}: {p['threshold']:.3f}" for p in curve)
+        lines.append(f"| threshold by gallery photos | {shown} |")
     closed = evaluation.get("closed_set")
     if closed:
         lines.append(f"| closed-set fold MAP@5 at the threshold | {_f(closed['map5'])} |")
