@@ -96,9 +96,9 @@ def trial(
     animals: list[np.ndarray],
     distractors: list[np.ndarray],
     newcomers: int,
-    thresholds: dict[str, float | None],
+    thresholds: dict[str, float],
 ) -> dict[str, tuple[float, ...]]:
-    """One gallery: figures at each threshold (None: the bundle's for this gallery's size)."""
+    """One gallery: the figures at each named threshold, on the same answers."""
     known, new = animals[:newcomers], animals[newcomers:]
     gallery = np.concatenate([a[:1] for a in known] + distractors)
     labels = np.concatenate(
@@ -112,7 +112,7 @@ def trial(
     sims, hit_labels = knn_hits(gallery, labels, queries, HITS)
     out = {}
     for name, threshold in thresholds.items():
-        t = float(threshold) if threshold is not None else float("nan")
+        t = float(threshold)
         figures = sweep_thresholds(sims, hit_labels, truth, [t])
         first = rank(sims, hit_labels, t).codes[truth != NEW, 0] == truth[truth != NEW]
         out[name] = (
