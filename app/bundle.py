@@ -10,14 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from app.detector import OnnxDetector
 from app.embedder import OnnxEmbedder
 from app.manifest import Manifest
 from app.sessions import resolve_providers
-
-if TYPE_CHECKING:
-    from app.detector import OnnxDetector
 
 __all__ = ["Bundle", "load_bundle"]
 
@@ -50,9 +47,6 @@ def load_bundle(
     ]
     detector = None
     if manifest.detector is not None:
-        # Imported here: a bundle without a detector needs nothing of it.
-        from app.detector import OnnxDetector
-
         detector = OnnxDetector(
             bundle_dir / manifest.detector.file, manifest.detector, chosen, spinning=spinning
         )

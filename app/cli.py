@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-from gallery.errors import WhaleidError
+from gallery.errors import GalleryInputError, WhaleidError
 
 __all__ = ["COMMANDS", "main"]
 
@@ -85,7 +85,8 @@ def _load(name: str) -> ModuleType:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `whaleid`; returns the exit status (0 ok, 1 a user error, 130 interrupted)."""
+    """Run `whaleid`; returns the exit status: 0 ok, 2 a value that breaks a rule (as argparse
+    answers a bad argument), 1 any other user error, 130 interrupted."""
     top = _top_parser()
     ns = top.parse_args(argv)
     if ns.command is None:
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = module.run(args)
     except WhaleidError as exc:
         print(f"whaleid {ns.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, GalleryInputError) else 1
     except KeyboardInterrupt:
         print(f"whaleid {ns.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,16 +10,16 @@ the whole photo (`app.preprocess.crop_box(img, None)` does exactly that).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from app.manifest import BundleError, DetectorSpec
-from app.pipeline import Crop
-from app.preprocess import Letterbox, letterbox
+from app.preprocess import Crop, Letterbox, letterbox
 from app.sessions import open_session
+from gallery.batches import chunks
 
 __all__ = ["OnnxDetector"]
 
@@ -67,7 +67,7 @@ class OnnxDetector:
     def detect(self, images: Sequence[Image.Image]) -> list[Crop | None]:
         """The best box of each photo in original-photo pixels, or None (use the whole photo)."""
         crops: list[Crop | None] = []
-        for chunk in _chunks(list(images), self.max_batch):
+        for chunk in chunks(list(images), self.max_batch):
             inputs, placements = zip(
                 *(letterbox(img, self.spec.input_size) for img in chunk), strict=True
             )
@@ -94,8 +94,3 @@ class OnnxDetector:
         if x2 - x1 < 1.0 or y2 - y1 < 1.0:  # a box wholly in the padding: nothing to crop
             return None
         return Crop(box=(x1, y1, x2, y2), confidence=confidence)
-
-
-def _chunks(items: list[Image.Image], size: int) -> Iterator[list[Image.Image]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -23,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from app.batching import MicroBatcher
 from app.decode import decode_image
 from app.metrics import Metrics
-from app.pipeline import Crop, Pipeline
+from app.pipeline import Pipeline
+from app.preprocess import Crop
 from app.settings import Settings
 from app.uploads import Upload
 from gallery.gallery import Gallery

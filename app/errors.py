@@ -19,8 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.decode import ImageTooLargeError, UnreadableImageError, UnsupportedImageTypeError
 from app.schemas import ErrorResponse
-from gallery.errors import ConflictError, NotFoundError, WhaleidError
-from gallery.gallery import GalleryInputError
+from gallery.errors import (
+    ConflictError,
+    GalleryInputError,
+    NotFoundError,
+    StoreUnavailableError,
+    WhaleidError,
+)
 
 __all__ = ["ApiError", "error_response", "install_error_handlers", "responses"]
 
@@ -48,9 +53,11 @@ _DOMAIN: list[tuple[type[WhaleidError], int, str]] = [
     (ImageTooLargeError, 413, "too_large"),
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
-    # A registration or search the gallery refuses (reserved or over-long id, wrong vector):
-    # a field of the request is at fault, not the server.
+    # A value that breaks a rule of the records (reserved or over-long id, a label, metadata,
+    # a wrong vector): a field of the request is at fault, not the server.
     (GalleryInputError, 422, "invalid_field"),
+    # The store cannot be written or reached now; searches go on from the index.
+    (StoreUnavailableError, 503, "store_unavailable"),
 ]
 
 
@@ -150,6 +157,6 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "the body or the photo's pixel count is over the limit",
         415: "an image type that is not accepted (JPEG, PNG, WebP, TIFF are)",
         422: "a field is missing or invalid",
-        503: "models or gallery not loaded yet",
+        503: "models or gallery not loaded yet, or the gallery store cannot be written now",
     }
     return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}

@@ -19,7 +19,7 @@ from app.engine import Engine
 from app.errors import install_error_handlers
 from app.keys import KeyRing
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import gallery, health, identify
+from app.routes import gallery, health, identify, review
 from app.settings import Settings, load_settings
 from app.uploads import BodyLimit
 
@@ -80,8 +80,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(gallery.router)
     app.include_router(health.router)
     if settings.review_page:
-        from app.routes import review
-
         app.include_router(review.router)
     return app
 

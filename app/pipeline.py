@@ -17,17 +17,9 @@ from PIL import Image
 from app.bundle import Bundle, load_bundle
 from app.embedder import combine
 from app.manifest import Manifest
-from app.preprocess import Box, EmbedTransform, crop_box, to_batch
+from app.preprocess import Box, Crop, EmbedTransform, crop_box, to_batch
 
 __all__ = ["Crop", "Embedded", "Pipeline"]
-
-
-@dataclass(frozen=True)
-class Crop:
-    """The box a photo was cropped to (original-photo pixels) and the detector's confidence."""
-
-    box: Box
-    confidence: float
 
 
 @dataclass(frozen=True)

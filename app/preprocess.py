@@ -8,16 +8,20 @@ Flip TTA is a horizontal flip of the normalised array. The detector uses letterb
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from gallery.records import Box
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Box",
+    "Crop",
     "EmbedTransform",
     "Letterbox",
     "crop_box",
@@ -31,8 +35,6 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LETTERBOX_FILL = 114  # the grey ultralytics pads with; the detector was trained on it
-
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the original photo
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -100,6 +102,15 @@ def crop_box(img: Image.Image, box: Box | None, padding: float = 0.0) -> Image.I
     if box is None:
         return img
     return img.crop(pad_box(box, padding, img.size))
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The box a photo was cropped to (original-photo pixels) and the detector's confidence
+    (1 for a given box)."""
+
+    box: Box
+    confidence: float
 
 
 class Letterbox(BaseModel):

@@ -29,7 +29,8 @@ __all__ = [
 class ErrorDetail(BaseModel):
     code: str = Field(
         description="machine-readable: unreadable_image, missing_key, forbidden, not_found, "
-        "conflict, too_large, unsupported_media_type, invalid_field, not_ready, internal",
+        "conflict, too_large, unsupported_media_type, invalid_field, not_ready, "
+        "store_unavailable, internal",
         examples=["unsupported_media_type"],
     )
     message: str = Field(description="what went wrong, for a person", examples=["photo is GIF"])

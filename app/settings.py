@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,18 +19,29 @@ from app.decode import DEFAULT_DRAFT_SIDE, DEFAULT_MAX_PIXELS
 from app.keys import KeyRecord
 from app.manifest import MANIFEST_NAME
 from gallery.errors import WhaleidError
+from gallery.store import normalize_url
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "Settings",
+    "SettingsError",
+    "StoreSettings",
+    "load_settings",
+    "load_store_settings",
+]
 
 ENV_PREFIX = "WHALEID_"
+
+S = TypeVar("S", bound="StoreSettings")
 
 
 class SettingsError(WhaleidError):
     """A setting is missing or wrong; the message names the environment variable."""
 
 
-class Settings(BaseSettings):
-    """Everything an operator can set. Each field is `WHALEID_<NAME>` in the environment."""
+class StoreSettings(BaseSettings):
+    """Where the gallery is: all that `whaleid gallery` needs, read the same way as the
+    service's settings (environment, then `.env`)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -42,8 +53,6 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    # What to serve.
-    bundle: Path = Field(description="model bundle folder (holds manifest.json)")
     gallery: str = Field(
         "gallery.db",
         description="gallery store: a SQLite file path, sqlite:///abs/path.db or "
@@ -55,6 +64,28 @@ class Settings(BaseSettings):
         "default: the folder the gallery recorded, else <name>-photos/ beside a SQLite file; "
         "a PostgreSQL gallery keeps none unless given one",
     )
+
+    @field_validator("gallery")
+    @classmethod
+    def _gallery_is_a_url(cls, value: str) -> str:
+        return normalize_url(value)
+
+    @model_validator(mode="after")
+    def _photos_dir_usable(self) -> StoreSettings:
+        if (
+            self.photos_dir is not None
+            and self.photos_dir.exists()
+            and not self.photos_dir.is_dir()
+        ):
+            raise ValueError(f"photos_dir {self.photos_dir} exists and is not a folder")
+        return self
+
+
+class Settings(StoreSettings):
+    """Everything an operator can set. Each field is `WHALEID_<NAME>` in the environment."""
+
+    # What to serve.
+    bundle: Path = Field(description="model bundle folder (holds manifest.json)")
     index: Literal["flat", "hnsw"] = Field(
         "flat", description="faiss index: flat (exact) or hnsw (approximate, for millions)"
     )
@@ -147,35 +178,22 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("gallery")
-    @classmethod
-    def _gallery_is_a_url(cls, value: str) -> str:
-        if "://" not in value:  # a bare path is a SQLite file
-            return f"sqlite:///{Path(value).expanduser().resolve()}"
-        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ValueError(
-                f"{value!r} is not a gallery: use a SQLite file path, sqlite:///path/gallery.db "
-                "or postgresql://user:password@host:5432/database"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _photos_dir_usable(self) -> Settings:
-        if (
-            self.photos_dir is not None
-            and self.photos_dir.exists()
-            and not self.photos_dir.is_dir()
-        ):
-            raise ValueError(f"photos_dir {self.photos_dir} exists and is not a folder")
-        return self
-
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and `.env`, with `overrides` on top; a SettingsError names
     each variable that is missing or wrong."""
+    return _load(Settings, overrides)
+
+
+def load_store_settings(**overrides: Any) -> StoreSettings:
+    """The gallery's settings alone (what `whaleid gallery` needs), read as load_settings does."""
+    return _load(StoreSettings, overrides)
+
+
+def _load(kind: type[S], overrides: dict[str, Any]) -> S:
     _warn_unknown()
     try:
-        return Settings(**overrides)
+        return kind(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from exc
     except SourceError as exc:  # a WHALEID_* value that should be JSON and is not

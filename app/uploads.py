@@ -19,6 +19,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import error_response
+
 __all__ = ["BodyLimit", "BodyTooLargeError", "Upload", "read_upload"]
 
 _MAX_NAME = 200
@@ -73,8 +75,6 @@ class BodyLimit:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            from app.errors import error_response  # errors imports this module's neighbours
-
             response = error_response(
                 Request(scope),
                 413,

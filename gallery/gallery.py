@@ -1,16 +1,13 @@
-"""The gallery facade: a durable store, the faiss index built from it, and the ranking.
+"""The gallery: its records (gallery.individuals, gallery.images) and an index replica.
 
-Writes go to the store first and are committed (durable) before they return; the index is then
-brought up to date by replaying the store's change log from the sequence it had reached. The
-same replay catches up after a crash (from a snapshot or from nothing) and picks up other
-processes' writes (`refresh`, or a background follower: `follow`). Searches rank with
-gallery.rank, the functions training evaluates with.
+Every change goes through the records' functions, which check the rules and commit to the
+store (durable before they return); the replica (gallery.replica) then replays the store's
+change log, which is also how it catches up after a crash and follows other processes. The CLI
+calls the same record functions on a store alone; a running service picks its changes up.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +15,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gallery.errors import WhaleidError
-from gallery.index import KINDS, VectorIndex
-from gallery.labels import Labels
-from gallery.locks import RWLock
-from gallery.photos import PhotoStore, content_hash, resolve_photos_dir
-from gallery.rank import EMPTY, NEW, NEW_INDIVIDUAL, rank
+from gallery import images as image_records
+from gallery import individuals as individual_records
+from gallery.errors import GalleryInputError
+from gallery.images import ImportItem
+from gallery.photos import PhotoStore, resolve_photos_dir
 from gallery.records import (
     Candidate,
-    Change,
     ImageRecord,
     Individual,
     IndividualDetail,
-    NewEntry,
     NewImage,
     RegisteredImage,
 )
-from gallery.snapshot import SnapshotHeader, read_snapshot, read_snapshot_header, write_snapshot
+from gallery.replica import FingerprintMismatchError, IndexReplica, mismatch
 from gallery.store import SqlStore, open_store
 
 __all__ = [
@@ -50,29 +44,6 @@ __all__ = [
     "RegisteredImage",
 ]
 
-log = logging.getLogger(__name__)
-
-REEMBED_HINT = "whaleid gallery reembed --bundle NEW"
-_NORM_TOLERANCE = 1e-2
-
-
-class FingerprintMismatchError(WhaleidError):
-    """The gallery's embeddings were made by another model bundle."""
-
-
-class GalleryInputError(WhaleidError):
-    """A registration or search the gallery cannot take (bad id, vector shape or norm)."""
-
-
-@dataclass(frozen=True)
-class ImportItem:
-    """One photo of a bulk import."""
-
-    individual_id: str
-    species: str | None
-    image: NewImage
-    metadata: dict[str, Any] | None = None
-
 
 @dataclass
 class ImportReport:
@@ -84,43 +55,10 @@ class ImportReport:
 class Gallery:
     """Open with `Gallery.open`; thread-safe (searches run concurrently, updates alone)."""
 
-    def __init__(
-        self,
-        store: SqlStore,
-        *,
-        fingerprint: str,
-        dim: int,
-        photos: PhotoStore | None,
-        index: str = "flat",
-        snapshot: Path | None = None,
-        hnsw_m: int = 32,
-        ef_construction: int = 64,
-        ef_search: int = 128,
-    ) -> None:
-        if index not in KINDS:
-            raise GalleryInputError(f"index {index!r}: expected one of {', '.join(KINDS)}")
+    def __init__(self, store: SqlStore, replica: IndexReplica, photos: PhotoStore | None) -> None:
         self.store = store
-        self.fingerprint = fingerprint
-        self.dim = dim
+        self.replica = replica
         self.photos = photos
-        self.kind = index
-        self.snapshot_path = Path(snapshot) if snapshot is not None else None
-        self._index_params = {
-            "hnsw_m": hnsw_m,
-            "ef_construction": ef_construction,
-            "ef_search": ef_search,
-        }
-        self._store_uuid = store.info().uuid
-        self._rw = RWLock()
-        self._refreshing = threading.Lock()  # one replay at a time; searches go on meanwhile
-        self._index = self._new_index()
-        self._labels = Labels()
-        self.seq = 0
-        self._snapshot_seq = -1
-        self.loaded_from: Literal["snapshot", "store"] = "store"
-        self._follower: Any = None
-
-    # -- opening -------------------------------------------------------------------------------
 
     @classmethod
     def open(
@@ -146,194 +84,60 @@ class Gallery:
             photos = _check_model(
                 store, url, fingerprint=fingerprint, dim=dim, photos_dir=photos_dir
             )
-            gallery = cls(
+            replica = IndexReplica(
                 store,
                 fingerprint=fingerprint,
                 dim=dim,
-                photos=photos,
-                index=index,
+                kind=index,
                 snapshot=snapshot,
                 **index_params,
             )
-            gallery._load()
+            replica.load()
         except BaseException:
             store.close()
             raise
-        return gallery
+        return cls(store, replica, photos)
 
-    def _new_index(self) -> VectorIndex:
-        return VectorIndex(self.dim, self.kind, **self._index_params)
+    @property
+    def fingerprint(self) -> str:
+        return self.replica.fingerprint
 
-    def _load(self) -> None:
-        """From the snapshot when it can be trusted, else from the store; then catch up."""
-        if self.snapshot_path is not None and self._load_snapshot(self.snapshot_path):
-            self.loaded_from = "snapshot"
-        else:
-            self._build()
-            self.loaded_from = "store"
-        self.refresh()
-        if self.loaded_from == "snapshot" and not self._consistent():
-            log.warning("snapshot %s disagrees with the store: rebuilding", self.snapshot_path)
-            self._build()
-            self.loaded_from = "store"
-            self.refresh()
+    @property
+    def dim(self) -> int:
+        return self.replica.dim
 
-    def _load_snapshot(self, path: Path) -> bool:
-        header = read_snapshot_header(path)
-        if header is None:
-            return False
-        expected = (self._store_uuid, self.fingerprint, self.dim, self.kind)
-        found = (header.store_uuid, header.fingerprint, header.dim, header.kind)
-        if found != expected or header.seq > self.store.head():
-            log.info("snapshot %s is for another store, model or index: ignored", path)
-            return False
-        try:
-            header, index, labels = read_snapshot(path, ef_search=self._index_params["ef_search"])
-        except (OSError, ValueError, RuntimeError) as exc:
-            log.warning("snapshot %s unreadable (%s): rebuilding", path, exc)
-            return False
-        with self._rw.write():
-            self._index, self._labels, self.seq = index, labels, header.seq
-            self._snapshot_seq = header.seq
-        return True
+    @property
+    def size(self) -> int:
+        """Number of embeddings in the index."""
+        return self.replica.size
 
-    def _consistent(self) -> bool:
-        """Index size equals the store's count of embeddings at the sequence reached."""
-        for _ in range(3):
-            head = self.store.head()
-            count = self.store.count_embeddings(fingerprint=self.fingerprint)
-            if head == self.store.head() and head == self.seq:
-                return count == self.size
-            self.refresh()
-        return True  # the store keeps moving: trust the replay
-
-    def _build(self) -> None:
-        """A fresh index from one consistent scan of the store."""
-        index, labels = self._new_index(), Labels()
-        head = 0
-        for batch in self.store.scan_embeddings(fingerprint=self.fingerprint, dim=self.dim):
-            head = batch.head
-            codes = np.asarray([labels.code(i) for i in batch.individual_ids], dtype=np.int32)
-            index.add(batch.ids, batch.vectors)
-            labels.assign(batch.ids, codes)
-        for name, species in self.store.species_of(individual_ids=labels.names).items():
-            labels.species[labels.code(name)] = species
-        with self._rw.write():
-            self._index, self._labels, self.seq = index, labels, head
-
-    # -- following the store -------------------------------------------------------------------
+    @property
+    def loaded_from(self) -> Literal["snapshot", "store"]:
+        return self.replica.loaded_from
 
     def refresh(self) -> int:
-        """Apply the store's changes since the index's sequence; returns how many."""
-        applied = 0
-        with self._refreshing:
-            while True:
-                changes = self.store.changes(after=self.seq, limit=20_000)
-                if not changes:
-                    return applied
-                if any(c.op == "reset" for c in changes):
-                    self._reset()
-                    return applied + len(changes)
-                self._apply(changes)
-                applied += len(changes)
-
-    def _reset(self) -> None:
-        info = self.store.info()
-        if info.fingerprint != self.fingerprint:
-            raise FingerprintMismatchError(
-                _mismatch(self.store.url, info.fingerprint, self.fingerprint)
-            )
-        self._build()
-
-    def _apply(self, changes: list[Change]) -> None:
-        # Read everything the changes need before taking the write lock: searches wait only
-        # for the in-memory updates.
-        adds = [c.image_id for c in changes if c.op == "add" and c.image_id is not None]
-        batch = self.store.embeddings(fingerprint=self.fingerprint, image_ids=adds, dim=self.dim)
-        row_of = {int(i): r for r, i in enumerate(batch.ids)}
-        touched = {c.individual_id for c in changes if c.individual_id is not None}
-        new_names = {n for n in touched if not self._labels.known(n)}
-        refetch = new_names | {c.individual_id for c in changes if c.op == "species"}
-        species = self.store.species_of(individual_ids=[n for n in refetch if n is not None])
-        with self._rw.write():
-            labels = self._labels
-            for name, value in species.items():
-                labels.set_species(name, value)
-            pending: list[tuple[int, int]] = []  # (image id, code) of adds not yet flushed
-
-            def flush() -> None:
-                if pending:
-                    ids = np.asarray([p[0] for p in pending], dtype=np.int64)
-                    rows = [row_of[p[0]] for p in pending]
-                    self._index.add(ids, batch.vectors[rows])
-                    labels.assign(ids, np.asarray([p[1] for p in pending], dtype=np.int32))
-                    pending.clear()
-
-            for change in changes:
-                image_id = change.image_id
-                if change.op == "add" and image_id is not None and change.individual_id:
-                    if image_id in row_of:  # else deleted since: its "remove" follows
-                        pending.append((image_id, labels.code(change.individual_id)))
-                elif change.op == "remove" and image_id is not None:
-                    flush()
-                    self._index.remove(np.asarray([image_id]))
-                    labels.clear(np.asarray([image_id]))
-                elif change.op == "move" and image_id is not None and change.individual_id:
-                    flush()
-                    if self._index.contains(np.asarray([image_id]))[0]:
-                        labels.assign(np.asarray([image_id]), labels.code(change.individual_id))
-            flush()
-            self.seq = changes[-1].seq
+        """Apply other processes' changes now; returns how many."""
+        return self.replica.refresh()
 
     def follow(self, interval: float = 0.5) -> None:
-        """Keep up with other processes' writes in a background thread (LISTEN/NOTIFY on
-        PostgreSQL, polling every `interval` seconds as well). Stopped by close()."""
-        from gallery.sync import Follower
-
-        if self._follower is None:
-            self._follower = Follower(self, interval=interval)
-            self._follower.start()
+        """Keep up with other processes' writes in a background thread (stopped by close)."""
+        self.replica.follow(interval)
 
     # -- writes --------------------------------------------------------------------------------
 
-    def _entries(
-        self, items: Sequence[tuple[str, str | None, NewImage, dict[str, Any] | None]]
-    ) -> list[NewEntry]:
-        """Check a batch and keep its photos (written and fsynced before the commit)."""
-        entries = [self._entry(*item) for item in items]
-        if self.photos is not None:
-            self.photos.put_many([image.content for _, _, image, _ in items])
-        return entries
-
-    def _entry(
-        self,
-        individual_id: str,
-        species: str | None,
-        image: NewImage,
-        metadata: dict[str, Any] | None,
-    ) -> NewEntry:
-        _check_individual_id(individual_id)
-        vector = np.asarray(image.vector, dtype=np.float32).reshape(-1)
-        if vector.shape != (self.dim,):
-            raise GalleryInputError(
-                f"{image.filename}: embedding has {vector.size} values, "
-                f"the gallery takes {self.dim}"
-            )
-        norm = float(np.linalg.norm(vector))
-        if not np.isfinite(norm) or abs(norm - 1.0) > _NORM_TOLERANCE:
-            raise GalleryInputError(
-                f"{image.filename}: embedding is not L2-normalised (norm {norm:.4f})"
-            )
-        return NewEntry(
-            individual_id=individual_id,
-            species=species,
-            content_hash=content_hash(image.content),
-            filename=image.filename,
-            encounter=image.encounter,
-            box=None if image.box is None else tuple(float(v) for v in image.box),  # type: ignore[arg-type]
-            vector=vector,
-            metadata=metadata,
+    def _add(
+        self, items: Sequence[ImportItem], on_conflict: Literal["raise", "skip"]
+    ) -> list[RegisteredImage | None]:
+        results = image_records.add_images(
+            store=self.store,
+            photos=self.photos,
+            items=items,
+            fingerprint=self.fingerprint,
+            dim=self.dim,
+            on_conflict=on_conflict,
         )
+        self.replica.refresh()
+        return results
 
     def register(
         self,
@@ -348,10 +152,8 @@ class Gallery:
         Committed to the store before it returns. A photo already stored for this individual
         answers created=False; one stored for another individual raises ConflictError.
         """
-        entries = self._entries([(individual_id, species, image, metadata) for image in images])
-        results = self.store.add_images(entries=entries, fingerprint=self.fingerprint)
-        self.refresh()
-        return [r for r in results if r is not None]
+        items = [ImportItem(individual_id, species, image, metadata) for image in images]
+        return [r for r in self._add(items, "raise") if r is not None]
 
     def known(self, hashes: Sequence[str]) -> dict[str, tuple[int, str]]:
         """content hash → (image id, individual) for photos already stored."""
@@ -381,13 +183,7 @@ class Gallery:
         batch: list[ImportItem] = []
 
         def commit() -> None:
-            entries = self._entries(
-                [(i.individual_id, i.species, i.image, i.metadata) for i in batch]
-            )
-            results = self.store.add_images(
-                entries=entries, fingerprint=self.fingerprint, on_conflict=on_conflict
-            )
-            self.refresh()
+            results = self._add(batch, on_conflict)
             for item, result in zip(batch, results, strict=True):
                 if result is None:
                     report.conflicts.append(item.image.filename)
@@ -414,57 +210,45 @@ class Gallery:
         return report
 
     def delete_image(self, image_id: int) -> None:
-        digest = self.store.delete_image(image_id=image_id)
-        self.refresh()
-        if self.photos:
-            self.photos.delete(digest)
+        image_records.delete_image(store=self.store, photos=self.photos, image_id=image_id)
+        self.replica.refresh()
 
     def delete_individual(self, individual_id: str) -> None:
-        digests = self.store.delete_individual(individual_id=individual_id)
-        self.refresh()
-        if self.photos:
-            for digest in digests:
-                self.photos.delete(digest)
+        individual_records.delete_individual(
+            store=self.store, photos=self.photos, individual_id=individual_id
+        )
+        self.replica.refresh()
 
     def rename(self, old: str, new: str) -> None:
-        _check_individual_id(new)
-        self.store.rename(old=old, new=new)
-        self.refresh()
+        individual_records.rename_individual(store=self.store, old=old, new=new)
+        self.replica.refresh()
 
     def merge(self, a: str, b: str) -> None:
         """Merge individual `a` into `b`: b keeps its id and gains a's images; a is gone."""
-        self.store.merge(source=a, target=b)
-        self.refresh()
+        individual_records.merge_individuals(store=self.store, source=a, target=b)
+        self.replica.refresh()
 
     # -- reads ---------------------------------------------------------------------------------
-
-    @property
-    def size(self) -> int:
-        """Number of embeddings in the index."""
-        return self._index.size
 
     def individuals(
         self, *, limit: int = 100, offset: int = 0, species: str | None = None
     ) -> list[Individual]:
-        return self.store.list_individuals(limit=limit, offset=offset, species=species)
+        return individual_records.list_individuals(
+            store=self.store, limit=limit, offset=offset, species=species
+        )
 
     def count_individuals(self, *, species: str | None = None) -> int:
-        return self.store.count_individuals(species=species)
+        return individual_records.count_individuals(store=self.store, species=species)
 
     def individual(self, individual_id: str) -> IndividualDetail:
-        return self.store.get_individual(individual_id=individual_id)
+        return individual_records.get_individual(store=self.store, individual_id=individual_id)
 
     def image(self, image_id: int) -> ImageRecord:
-        return self.store.get_image(image_id=image_id)
+        return image_records.get_image(store=self.store, image_id=image_id)
 
     def photo(self, image_id: int) -> bytes:
         """The original photo of an image (NotFoundError when photos are not kept)."""
-        record = self.store.get_image(image_id=image_id)
-        if self.photos is None:
-            from gallery.errors import NotFoundError
-
-            raise NotFoundError(f"image {image_id}: this gallery keeps no photos (no photos_dir)")
-        return self.photos.get(record.content_hash)
+        return image_records.photo_of(store=self.store, photos=self.photos, image_id=image_id)
 
     def search(
         self,
@@ -475,79 +259,17 @@ class Gallery:
         species: str | None = None,
         hits: int = 50,
     ) -> list[list[Candidate]]:
-        """Rank individuals for each query vector; `new_individual` is a candidate scored at
-        the threshold (one number, or one per query). species: only individuals of it.
-
-        Each individual scores its best-matching gallery image's similarity, which is also
-        the evidence returned with it. Rows have up to top_k candidates (fewer when the
-        gallery has fewer individuals).
-        """
-        queries = np.ascontiguousarray(vectors, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise GalleryInputError(
-                f"query vectors have shape {vectors.shape}, the gallery takes (N, {self.dim})"
-            )
-        if top_k < 1 or hits < 1:
-            raise GalleryInputError(f"top_k ({top_k}) and hits ({hits}) must be at least 1")
-        with self._rw.read():
-            allowed = self._labels.species_mask(species) if species is not None else None
-            sims, ids = self._index.search(queries, hits, allowed)
-            codes = self._labels.codes_of(ids)
-            names, species_of = self._labels.names, self._labels.species
-            ranking = rank(sims, codes, threshold, top_k)
-            results: list[list[Candidate]] = []
-            for q in range(len(queries)):
-                row: list[Candidate] = []
-                for code, score, column in zip(
-                    ranking.codes[q], ranking.scores[q], ranking.evidence[q], strict=True
-                ):
-                    if code == EMPTY:
-                        continue
-                    if code == NEW:
-                        row.append(Candidate(NEW_INDIVIDUAL, float(score), None, None, None))
-                        continue
-                    row.append(
-                        Candidate(
-                            individual_id=names[code],
-                            score=float(score),
-                            species=species_of[code],
-                            evidence_image_id=int(ids[q, column]),
-                            evidence_similarity=float(sims[q, column]),
-                        )
-                    )
-                results.append(row)
-        return results
-
-    # -- snapshot and closing ------------------------------------------------------------------
+        """Rank individuals for each query vector (see IndexReplica.search)."""
+        return self.replica.search(
+            vectors, top_k=top_k, threshold=threshold, species=species, hits=hits
+        )
 
     def save_snapshot(self, path: Path | None = None) -> Path:
-        """Write the index and labels as they stand (at self.seq) for a fast next start."""
-        target = Path(path) if path is not None else self.snapshot_path
-        if target is None:
-            raise GalleryInputError("save_snapshot: no path given and the gallery has none")
-        with self._refreshing, self._rw.read():
-            header = SnapshotHeader(
-                store_uuid=self._store_uuid,
-                fingerprint=self.fingerprint,
-                dim=self.dim,
-                kind=self.kind,
-                seq=self.seq,
-                size=self.size,
-            )
-            write_snapshot(target, header, self._index, self._labels)
-            if target == self.snapshot_path:
-                self._snapshot_seq = self.seq
-        return target
+        return self.replica.save_snapshot(path)
 
     def close(self) -> None:
-        if self._follower is not None:
-            self._follower.stop()
-            self._follower = None
         try:
-            if self.snapshot_path is not None and self._snapshot_seq != self.seq:
-                self.save_snapshot()
+            self.replica.close()
         finally:
             self.store.close()
 
@@ -556,23 +278,6 @@ class Gallery:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check_individual_id(individual_id: str) -> None:
-    if not isinstance(individual_id, str) or not individual_id.strip():
-        raise GalleryInputError("individual_id must be a non-empty string")
-    if individual_id == NEW_INDIVIDUAL:
-        raise GalleryInputError(f"{NEW_INDIVIDUAL!r} is reserved: choose another individual_id")
-    if len(individual_id) > 200:
-        raise GalleryInputError(f"individual_id {individual_id[:40]!r}… is over 200 characters")
-
-
-def _mismatch(url: str, stored: str | None, bundle: str) -> str:
-    return (
-        f"gallery {url} was embedded with model {str(stored)[:12]}…, not this bundle's "
-        f"{bundle[:12]}…: re-embed it with `{REEMBED_HINT}` (or open it with the bundle it "
-        "was made with)"
-    )
 
 
 def _check_model(
@@ -584,7 +289,7 @@ def _check_model(
     updates: dict[str, str] = {}
     if info.fingerprint != fingerprint:
         if info.fingerprint is not None and store.count_images() > 0:
-            raise FingerprintMismatchError(_mismatch(url, info.fingerprint, fingerprint))
+            raise FingerprintMismatchError(mismatch(url, info.fingerprint, fingerprint))
         updates.update(fingerprint=fingerprint, dim=str(dim))
     elif info.dim != dim:
         raise GalleryInputError(

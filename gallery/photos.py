@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gallery.errors import NotFoundError
+from gallery.store import sqlite_path
 
 __all__ = ["PhotoStore", "content_hash", "resolve_photos_dir"]
 
@@ -23,8 +24,6 @@ __all__ = ["PhotoStore", "content_hash", "resolve_photos_dir"]
 def resolve_photos_dir(url: str, *, stored: str | None, given: Path | None) -> Path | None:
     """Where a gallery keeps its photos: as given, else as recorded in the store, else beside a
     SQLite file (`gallery.db` → `gallery-photos/`); None (not kept) for other stores."""
-    from gallery.store import sqlite_path
-
     if given is not None:
         return Path(given)
     if stored:

@@ -14,7 +14,8 @@ from PIL import Image
 
 from app.bundle import load_bundle
 from app.manifest import BundleError, Manifest
-from app.pipeline import Crop, Pipeline
+from app.pipeline import Pipeline
+from app.preprocess import Crop
 from app.preprocess import EmbedTransform, pad_box
 from app.sessions import resolve_providers
 

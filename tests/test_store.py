@@ -204,18 +204,31 @@ def test_writes_of_a_replaced_model_are_refused(store: SqlStore) -> None:
     assert store.count_images() == 1
 
 
-@pytest.mark.postgres
-def test_postgres_reconnects_after_the_connection_drops(pg_url: str) -> None:
+def _terminate(store: SqlStore, pg_url: str) -> None:
+    """Drop the store's connection from the server side, as a restart or an operator would."""
     import psycopg
 
+    pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+@pytest.mark.postgres
+def test_postgres_retries_a_dropped_connection_once_for_reads_and_writes(pg_url: str) -> None:
     from gallery.store.postgres import PostgresStore
 
     store = PostgresStore(pg_url)
     store.add_images(entries=[entry("A", "1")], fingerprint=FP)
-    pid = store._conn.info.backend_pid
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    with pytest.raises(psycopg.OperationalError):
-        store.count_images()  # the call that finds the connection dead fails...
-    assert store.count_images() == 1  # ...and the next one reconnects
+    _terminate(store, pg_url)
+    assert store.count_images() == 1  # the read finds the connection dead, reconnects, answers
+    head = store.head()
+    _terminate(store, pg_url)
+    # A write whose connection dropped before it committed runs once more, and once only.
+    (result,) = store.add_images(entries=[entry("A", "2", 1)], fingerprint=FP)
+    assert result is not None and result.created
+    assert store.count_images() == 2
+    assert [c.op for c in store.changes(after=head)] == ["add"]
+    _terminate(store, pg_url)
+    store.rename(old="A", new="B")
+    assert [i.id for i in store.list_individuals()] == ["B"]
     store.close()

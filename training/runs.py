@@ -21,8 +21,8 @@ import torch
 import yaml
 
 from app.preprocess import EmbedTransform
+from gallery.catalogue import Photo
 from gallery.errors import NotFoundError, WhaleidError
-from training.catalogue import Photo
 from training.config import TrainConfig
 from training.model import EmbeddingModel, build_model
 from training.splits import EvalSet, Splits, build_eval_set
@@ -72,19 +72,17 @@ class Labels:
 
 def save_photos(photos: list[Photo], path: Path) -> None:
     rows = [
-        {"image": p.image, "path": str(p.path), "species": p.species,
-         "individual_id": p.individual_id, "box": list(p.box) if p.box else None}
-        for p in photos
-    ]  # fmt: skip
+        {**asdict(p), "path": str(p.path), "box": list(p.box) if p.box else None} for p in photos
+    ]
     Path(path).write_text(json.dumps(rows) + "\n")
 
 
 def load_photos(path: Path) -> list[Photo]:
+    rows = json.loads(Path(path).read_text())
     return [
-        Photo(r["image"], Path(r["path"]), r["species"], r["individual_id"],
-              tuple(r["box"]) if r["box"] else None)  # type: ignore[arg-type]
-        for r in json.loads(Path(path).read_text())
-    ]  # fmt: skip
+        Photo(**{**r, "path": Path(r["path"]), "box": tuple(r["box"]) if r["box"] else None})
+        for r in rows
+    ]
 
 
 class Run:

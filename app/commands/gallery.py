@@ -4,54 +4,60 @@
     whaleid gallery list | show ID | delete ID | rename OLD NEW | merge A B | export
     whaleid gallery reembed --bundle NEW                 recompute embeddings for a new model
 
-`import` and `reembed` run the service's own pipeline (app.pipeline.Pipeline), so a gallery
-built here answers exactly as one built through POST /gallery. The other commands work on the
-store alone (no model, no index): a running service picks their changes up from the store's
-change log.
+`import` and `reembed` run the service's own pipeline (app.pipeline.Pipeline), and `import`
+reads the catalogue with gallery.catalogue (training's reader and box rule), so a gallery built
+here answers exactly as one built through POST /gallery and crops as training did. The other
+commands work on the store alone (no model, no index) through the same record functions as the
+HTTP routes (gallery.individuals, gallery.images): a running service picks their changes up
+from the store's change log. `--gallery` and `--photos-dir` default to WHALEID_GALLERY and
+WHALEID_PHOTOS_DIR, from the environment or `.env`, as `whaleid serve` reads them.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from app.decode import decode_image
+from app.pipeline import Pipeline
+from app.settings import StoreSettings, load_store_settings
+from gallery import images, individuals
+from gallery.batches import chunks
+from gallery.catalogue import Photo, read_catalogue
 from gallery.errors import WhaleidError
+from gallery.gallery import Gallery, ImportReport
+from gallery.images import ImportItem
 from gallery.photos import PhotoStore, content_hash, resolve_photos_dir
+from gallery.records import ImageRecord, NewImage
+from gallery.reembed import EmbedFn, reembed
+from gallery.rules import check_individual_id
 from gallery.store import SqlStore, open_store
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from app.pipeline import Pipeline
-    from gallery.records import Box, ImageRecord
-
 __all__ = ["build_parser", "run"]
-
-DEFAULT_GALLERY = "gallery.db"
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Manage the gallery of individuals.")
     parser.add_argument(
         "--gallery",
-        default=os.environ.get("WHALEID_GALLERY", DEFAULT_GALLERY),
+        default=None,
         help="gallery store: a SQLite file path, sqlite:///path.db or postgresql://... "
-        f"(default: $WHALEID_GALLERY or {DEFAULT_GALLERY})",
+        "(default: WHALEID_GALLERY from the environment or .env, else gallery.db)",
     )
     parser.add_argument(
         "--photos-dir",
         type=Path,
         default=None,
-        help="where original photos are kept (default: as recorded in the gallery, or "
-        "beside a SQLite file)",
+        help="where original photos are kept (default: WHALEID_PHOTOS_DIR, else as recorded "
+        "in the gallery, else beside a SQLite file)",
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -61,8 +67,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--catalogue",
         type=Path,
         required=True,
-        help="folder with train.csv (image,species,individual_id), images/ and optionally "
-        "boxes.csv (image,x1,y1,x2,y2)",
+        help="folder with train.csv (image,species,individual_id[,viewpoint,encounter]), "
+        "images/ and optionally boxes (boxes.csv image,x1,y1,x2,y2 or YOLO labels/*.txt)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="photos per model call and commit")
     p.add_argument("--providers", nargs="+", default=None, help="onnxruntime providers")
@@ -103,11 +109,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    url = _url(args.gallery)
+    settings = _settings(args)
+    url, photos_dir = settings.gallery, settings.photos_dir
     if args.action == "import":
-        return _import(args, url)
+        return _import(args, url, photos_dir)
     if args.action == "reembed":
-        return _reembed(args, url)
+        return _reembed(args, url, photos_dir)
     store = open_store(url)
     try:
         if args.action == "list":
@@ -115,12 +122,12 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "show":
             _show(store, args.id)
         elif args.action == "delete":
-            _delete(store, url, args.photos_dir, args.id, image=args.image)
+            _delete(store, url, photos_dir, args.id, image=args.image)
         elif args.action == "rename":
-            store.rename(old=args.old, new=args.new)
+            individuals.rename_individual(store=store, old=args.old, new=args.new)
             print(f"renamed {args.old} to {args.new}")
         elif args.action == "merge":
-            store.merge(source=args.a, target=args.b)
+            individuals.merge_individuals(store=store, source=args.a, target=args.b)
             print(f"merged {args.a} into {args.b}")
         elif args.action == "export":
             if args.out is None:
@@ -133,143 +140,115 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _url(value: str) -> str:
-    """A store URL as given, or a file path made absolute (as `whaleid predict` does)."""
-    if "://" in value:
-        return value
-    return f"sqlite:///{Path(value).expanduser().resolve()}"
+def _settings(args: argparse.Namespace) -> StoreSettings:
+    """The options given, else WHALEID_GALLERY / WHALEID_PHOTOS_DIR (environment or .env)."""
+    given = {"gallery": args.gallery, "photos_dir": args.photos_dir}
+    return load_store_settings(**{k: v for k, v in given.items() if v is not None})
 
 
 # -- import ------------------------------------------------------------------------------------
 
 
-def _read_catalogue(folder: Path) -> tuple[list[dict[str, str]], dict[str, Box]]:
-    train = folder / "train.csv"
-    if not train.is_file():
-        raise WhaleidError(f"--catalogue {folder}: no train.csv (image,species,individual_id)")
-    with train.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if rows and not {"image", "individual_id"} <= set(rows[0]):
-        raise WhaleidError(f"{train}: needs columns image,species,individual_id")
-    boxes: dict[str, Box] = {}
-    box_file = folder / "boxes.csv"
-    if box_file.is_file():
-        with box_file.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                try:
-                    boxes[row["image"]] = (
-                        float(row["x1"]),
-                        float(row["y1"]),
-                        float(row["x2"]),
-                        float(row["y2"]),
-                    )
-                except (KeyError, ValueError) as exc:
-                    raise WhaleidError(
-                        f"{box_file}: needs columns image,x1,y1,x2,y2 ({exc})"
-                    ) from exc
-    return rows, boxes
-
-
-def _chunks(rows: Sequence[dict[str, str]], size: int) -> Iterator[Sequence[dict[str, str]]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
-def _import(args: argparse.Namespace, url: str) -> int:
-    from app.pipeline import Pipeline
-    from gallery.gallery import Gallery, ImportItem, NewImage
-
-    rows, boxes = _read_catalogue(args.catalogue)
-    images_dir = args.catalogue / "images"
+def _import(args: argparse.Namespace, url: str, photos_dir: Path | None) -> int:
+    photos = read_catalogue(args.catalogue).photos
+    # Every row obeys the id rules before anything is embedded or stored.
+    for photo in photos:
+        check_individual_id(photo.individual_id, field=f"{photo.image}: individual_id")
     pipeline = Pipeline.from_bundle(args.bundle, providers=args.providers)
-    added = existing = 0
-    conflicts: list[str] = []
-    unreadable: list[str] = []
     gallery = Gallery.open(
-        url,
-        fingerprint=pipeline.fingerprint,
-        dim=pipeline.embedding_dim,
-        photos_dir=args.photos_dir,
+        url, fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim, photos_dir=photos_dir
     )
     try:
-        bar = tqdm(total=len(rows), unit="photo", desc="import")
-        for chunk in _chunks(rows, args.batch_size):
-            contents: list[bytes] = []
-            for row in chunk:
-                try:
-                    contents.append((images_dir / row["image"]).read_bytes())
-                except OSError as exc:
-                    raise WhaleidError(f"cannot read {images_dir / row['image']}: {exc}") from exc
-            # Resuming: photos already stored are not embedded again.
-            known = gallery.known([content_hash(c) for c in contents])
-            todo = [
-                (row, c)
-                for row, c in zip(chunk, contents, strict=True)
-                if content_hash(c) not in known
-            ]
-            existing += len(chunk) - len(todo)
-            decoded: list[tuple[dict[str, str], bytes, Image.Image]] = []
-            for row, content in todo:
-                try:
-                    decoded.append(
-                        (row, content, decode_image(content, draft_side=None, name=row["image"]))
-                    )
-                except WhaleidError as exc:
-                    unreadable.append(f"{row['image']}: {exc}")
-            if decoded:
-                given = [boxes.get(row["image"]) for row, _, _ in decoded] if boxes else None
-                embedded = pipeline.embed([img for _, _, img in decoded], given)
-                items = [
-                    ImportItem(
-                        individual_id=row["individual_id"],
-                        species=row.get("species") or None,
-                        image=NewImage(
-                            content=content,
-                            filename=row["image"],
-                            vector=vector,
-                            box=None if crop is None else crop.box,
-                        ),
-                    )
-                    for (row, content, _), vector, crop in zip(
-                        decoded, embedded.vectors, embedded.crops, strict=True
-                    )
-                ]
-                report = gallery.import_images(items, batch_size=len(items), on_conflict="skip")
-                added += report.added
-                existing += report.existing
-                conflicts += report.conflicts
-            bar.update(len(chunk))
-        bar.close()
+        counts, unreadable = _import_photos(gallery, pipeline, photos, args.batch_size)
         size = gallery.size
     finally:
         gallery.close()
-    for line in conflicts:
+    for name in counts.conflicts:
         print(
-            f"skipped {line}: the same photo is registered to another individual", file=sys.stderr
+            f"skipped {name}: the same photo is registered to another individual", file=sys.stderr
         )
     for line in unreadable:
         print(f"skipped {line}", file=sys.stderr)
     print(
-        f"imported {added} photos ({existing} already there, {len(conflicts)} conflicts, "
-        f"{len(unreadable)} unreadable); the gallery holds {size} embeddings"
+        f"imported {counts.added} photos ({counts.existing} already there, "
+        f"{len(counts.conflicts)} conflicts, {len(unreadable)} unreadable); "
+        f"the gallery holds {size} embeddings"
     )
     return 0
+
+
+def _import_photos(
+    gallery: Gallery, pipeline: Pipeline, photos: Sequence[Photo], batch_size: int
+) -> tuple[ImportReport, list[str]]:
+    """Embed and register the photos batch by batch (one commit each, so an interrupted import
+    keeps what it finished, and a rerun skips photos already stored); returns the counts and
+    the unreadable photos."""
+    total = ImportReport()
+    unreadable: list[str] = []
+    with_boxes = any(p.box is not None for p in photos)
+    bar = tqdm(total=len(photos), unit="photo", desc="import")
+    for chunk in chunks(photos, batch_size):
+        contents = [_read(photo) for photo in chunk]
+        known = gallery.known([content_hash(c) for c in contents])
+        total.existing += sum(content_hash(c) in known for c in contents)
+        decoded: list[tuple[Photo, bytes, Image.Image]] = []
+        for photo, content in zip(chunk, contents, strict=True):
+            if content_hash(content) in known:
+                continue
+            try:
+                decoded.append(
+                    (photo, content, decode_image(content, draft_side=None, name=photo.image))
+                )
+            except WhaleidError as exc:
+                unreadable.append(f"{photo.image}: {exc}")
+        if decoded:
+            # Boxes as training crops: a photo without one is cropped by nobody (the whole
+            # photo) when the catalogue has boxes, by the bundle's detector when it has none.
+            given = [p.box for p, _, _ in decoded] if with_boxes else None
+            embedded = pipeline.embed([img for _, _, img in decoded], given)
+            items = [
+                ImportItem(
+                    individual_id=photo.individual_id,
+                    species=photo.species,
+                    image=NewImage(
+                        content=content,
+                        filename=photo.image,
+                        vector=vector,
+                        encounter=photo.encounter,
+                        box=None if crop is None else crop.box,
+                    ),
+                )
+                for (photo, content, _), vector, crop in zip(
+                    decoded, embedded.vectors, embedded.crops, strict=True
+                )
+            ]
+            report = gallery.import_images(items, batch_size=len(items), on_conflict="skip")
+            total.added += report.added
+            total.existing += report.existing
+            total.conflicts += report.conflicts
+        bar.update(len(chunk))
+    bar.close()
+    return total, unreadable
+
+
+def _read(photo: Photo) -> bytes:
+    try:
+        return photo.path.read_bytes()
+    except OSError as exc:
+        raise WhaleidError(f"cannot read {photo.path}: {exc}") from exc
 
 
 # -- reembed -----------------------------------------------------------------------------------
 
 
-def _reembed(args: argparse.Namespace, url: str) -> int:
-    from app.pipeline import Pipeline
-    from gallery.reembed import reembed
-
+def _reembed(args: argparse.Namespace, url: str, photos_dir: Path | None) -> int:
     pipeline = Pipeline.from_bundle(args.bundle, providers=args.providers)
     report = reembed(
         url,
         fingerprint=pipeline.fingerprint,
         dim=pipeline.embedding_dim,
         embed=_embedder(pipeline, redetect=args.redetect),
-        photos_dir=args.photos_dir,
+        photos_dir=photos_dir,
         batch_size=args.batch_size,
     )
     if not report.switched:
@@ -282,9 +261,7 @@ def _reembed(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def _embedder(pipeline: Pipeline, *, redetect: bool):  # type: ignore[no-untyped-def]
-    import numpy as np
-
+def _embedder(pipeline: Pipeline, *, redetect: bool) -> EmbedFn:
     def embed(records: Sequence[ImageRecord], contents: Sequence[bytes]) -> np.ndarray:
         images = [
             decode_image(c, draft_side=None, name=r.filename)
@@ -300,17 +277,17 @@ def _embedder(pipeline: Pipeline, *, redetect: bool):  # type: ignore[no-untyped
 
 
 def _list(store: SqlStore, species: str | None, limit: int, offset: int) -> None:
-    individuals = store.list_individuals(limit=limit, offset=offset, species=species)
-    total = store.count_individuals(species=species)
+    found = individuals.list_individuals(store=store, limit=limit, offset=offset, species=species)
+    total = individuals.count_individuals(store=store, species=species)
     print(f"{'individual':<30} {'species':<24} {'images':>6}  created")
-    for ind in individuals:
+    for ind in found:
         created = ind.created.strftime("%Y-%m-%d %H:%M")
         print(f"{ind.id:<30} {ind.species or '-':<24} {ind.image_count:>6}  {created}")
-    print(f"{len(individuals)} of {total} individuals (offset {offset})")
+    print(f"{len(found)} of {total} individuals (offset {offset})")
 
 
 def _show(store: SqlStore, individual_id: str) -> None:
-    ind = store.get_individual(individual_id=individual_id)
+    ind = individuals.get_individual(store=store, individual_id=individual_id)
     print(f"individual {ind.id}\nspecies    {ind.species or '-'}\ncreated    {ind.created}")
     if ind.metadata:
         print(f"metadata   {ind.metadata}")
@@ -324,20 +301,17 @@ def _delete(
     store: SqlStore, url: str, photos_dir: Path | None, target: str, *, image: bool
 ) -> None:
     folder = resolve_photos_dir(url, stored=store.info().photos_dir, given=photos_dir)
+    photos = PhotoStore(folder) if folder is not None else None
     if image:
         try:
             image_id = int(target)
         except ValueError:
             raise WhaleidError(f"--image: {target!r} is not an image id (a number)") from None
-        digests = [store.delete_image(image_id=image_id)]
+        images.delete_image(store=store, photos=photos, image_id=image_id)
         print(f"deleted image {image_id}")
     else:
-        digests = store.delete_individual(individual_id=target)
+        digests = individuals.delete_individual(store=store, photos=photos, individual_id=target)
         print(f"deleted individual {target} and its {len(digests)} images")
-    if folder is not None:
-        photos = PhotoStore(folder)
-        for digest in digests:
-            photos.delete(digest)
 
 
 EXPORT_COLUMNS = [

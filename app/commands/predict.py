@@ -12,22 +12,20 @@ import argparse
 import csv
 import os
 import sys
-from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image
 from tqdm import tqdm
 
 from app.decode import open_image
 from app.pipeline import Pipeline
+from gallery.batches import chunks
 from gallery.errors import WhaleidError
+from gallery.gallery import Gallery
+from gallery.store import normalize_url, sqlite_path
 
-if TYPE_CHECKING:
-    from gallery.gallery import Gallery
-
-__all__ = ["IMAGE_SUFFIXES", "build_parser", "gallery_url", "list_images", "run"]
+__all__ = ["IMAGE_SUFFIXES", "build_parser", "list_images", "run"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"})
 
@@ -66,13 +64,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def gallery_url(value: str) -> str:
-    """A store URL as given, or a file path turned into sqlite:///absolute/path."""
-    if "://" in value:
-        return value
-    return f"sqlite:///{Path(value).expanduser().resolve()}"
-
-
 def list_images(folder: Path) -> list[Path]:
     """The photos directly in `folder` (by suffix), sorted by name."""
     if not folder.is_dir():
@@ -86,11 +77,6 @@ def list_images(folder: Path) -> list[Path]:
     return photos
 
 
-def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _decode(path: Path) -> Image.Image | WhaleidError:
     try:
         return open_image(path)
@@ -99,14 +85,11 @@ def _decode(path: Path) -> Image.Image | WhaleidError:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: gallery.gallery pulls in faiss, which `whaleid predict --help` needs not.
-    from gallery.gallery import Gallery
-
     if args.top_k < 1 or args.batch_size < 1:
         raise WhaleidError("--top-k and --batch-size must be at least 1")
     pipeline = Pipeline.from_bundle(args.bundle, args.providers)
     photos = list_images(args.images)
-    url = gallery_url(args.gallery)
+    url = normalize_url(args.gallery)
     _check_sqlite_exists(url)
     with Gallery.open(url, fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim) as gallery:
         # As POST /identify does: the species' own threshold where the bundle has one, else
@@ -124,13 +107,12 @@ def run(args: argparse.Namespace) -> int:
 def _check_sqlite_exists(url: str) -> None:
     """Opening a store creates it when new: an empty gallery would answer new_individual for
     every photo, so a SQLite file that is not there is an error here."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise WhaleidError(
-                f"--gallery {path} does not exist: fill a gallery first with "
-                "'whaleid gallery import --bundle BUNDLE --catalogue DIR'"
-            )
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise WhaleidError(
+            f"--gallery {path} does not exist: fill a gallery first with "
+            "'whaleid gallery import --bundle BUNDLE --catalogue DIR'"
+        )
 
 
 def _identify(
@@ -146,7 +128,7 @@ def _identify(
     progress = tqdm(total=len(photos), unit="photo", disable=args.quiet, file=sys.stderr)
     # Decoding overlaps with inference: Pillow releases the GIL while it decodes.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for batch in _chunks(photos, args.batch_size):
+        for batch in chunks(photos, args.batch_size):
             decoded = list(pool.map(_decode, batch))
             for path, result in zip(batch, decoded, strict=True):
                 if isinstance(result, WhaleidError):

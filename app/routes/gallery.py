@@ -19,14 +19,13 @@ from app.schemas import (
     RegisterResponse,
 )
 from app.uploads import read_upload
-from gallery.rank import NEW_INDIVIDUAL
+from gallery.rules import ID_PATTERN, LABEL_MAX_LENGTH, METADATA_MAX_BYTES
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
-# Ids travel in URLs and CSVs: letters, digits and a few separators, no spaces or slashes.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+# The schema states the records' own rules (gallery.rules), which hold on every path.
 IndividualId = Annotated[
     str, Path(pattern=ID_PATTERN, description="the individual's id", examples=["fin_0042"])
 ]
@@ -50,18 +49,19 @@ async def register(
         str,
         Form(pattern=ID_PATTERN, description="a new id, or a known one to add photos to"),
     ],
-    species: Annotated[str | None, Form(max_length=200, description="its species")] = None,
+    species: Annotated[
+        str | None, Form(max_length=LABEL_MAX_LENGTH, description="its species")
+    ] = None,
     encounter: Annotated[
-        str | None, Form(max_length=200, description="the encounter (survey, date, place)")
+        str | None,
+        Form(max_length=LABEL_MAX_LENGTH, description="the encounter (survey, date, place)"),
     ] = None,
     metadata: Annotated[
-        str | None, Form(max_length=10_000, description="a JSON object stored with it")
+        str | None, Form(max_length=METADATA_MAX_BYTES, description="a JSON object stored with it")
     ] = None,
 ) -> RegisterResponse:
     """Embed each photo and store it with the individual. Durable when it answers: a photo
     registered here ranks its individual from the next request on, also after a restart."""
-    if individual_id == NEW_INDIVIDUAL:
-        raise ApiError(422, f"individual_id: {NEW_INDIVIDUAL!r} is reserved for the answer")
     if len(image) > settings.max_images:
         raise ApiError(422, f"image: at most {settings.max_images} photos per request")
     uploads = [await read_upload(f, default=f"image-{i}") for i, f in enumerate(image)]
@@ -97,7 +97,9 @@ async def list_individuals(
     engine: EngineDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
     offset: Annotated[int, Query(ge=0, description="how many to skip")] = 0,
-    species: Annotated[str | None, Query(max_length=200, description="only this species")] = None,
+    species: Annotated[
+        str | None, Query(max_length=LABEL_MAX_LENGTH, description="only this species")
+    ] = None,
 ) -> IndividualPage:
     items = await engine.individuals(limit=limit, offset=offset, species=species)
     return IndividualPage(

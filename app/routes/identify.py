@@ -9,9 +9,10 @@ from fastapi import APIRouter, File, Form, UploadFile
 from app.deps import EngineDep, IdentifyAccess
 from app.engine import Identification
 from app.errors import responses
-from app.pipeline import Crop
+from app.preprocess import Crop
 from app.schemas import CropOut, Evidence, IdentifyResponse, Prediction
 from app.uploads import read_upload
+from gallery.rules import LABEL_MAX_LENGTH
 
 __all__ = ["crop_out", "router"]
 
@@ -65,7 +66,10 @@ async def identify(
     top_k: Annotated[int, Form(ge=1, le=100, description="how many predictions")] = 5,
     species: Annotated[
         str | None,
-        Form(max_length=200, description="only individuals of this species (and its threshold)"),
+        Form(
+            max_length=LABEL_MAX_LENGTH,
+            description="only individuals of this species (and its threshold)",
+        ),
     ] = None,
 ) -> IdentifyResponse:
     """The `top_k` most likely individuals, best first. `new_individual` is one of them, placed

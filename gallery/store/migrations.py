@@ -7,7 +7,11 @@ edit a released migration: add the next version.
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "latest_version", "render"]
+import uuid
+
+from gallery.store.core import SchemaError, StoreCore
+
+__all__ = ["MIGRATIONS", "Migrations", "latest_version", "render"]
 
 # version → statements
 MIGRATIONS: dict[int, list[str]] = {
@@ -66,3 +70,24 @@ def latest_version() -> int:
 def render(version: int, dialect: str) -> list[str]:
     """The statements of one migration for one dialect."""
     return [stmt.format(**DIALECTS[dialect]) for stmt in MIGRATIONS[version]]
+
+
+class Migrations(StoreCore):
+    def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version. Safe to race: writes are
+        serialised, so the second process finds the work done."""
+        with self._transaction(write=True) as cur:
+            self._exec(cur, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = int(self._scalar(cur, "SELECT MAX(version) FROM schema_version") or 0)
+            if current > latest_version():
+                raise SchemaError(
+                    f"{self.url} has gallery schema version {current}, newer than this whaleid "
+                    f"knows ({latest_version()}): upgrade whaleid"
+                )
+            for version in range(current + 1, latest_version() + 1):
+                for statement in render(version, self.dialect):
+                    self._exec(cur, statement)
+                self._exec(cur, "INSERT INTO schema_version (version) VALUES (?)", (version,))
+                if version == 1:
+                    self._set_meta(cur, {"uuid": uuid.uuid4().hex})
+            return latest_version()

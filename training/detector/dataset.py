@@ -1,8 +1,8 @@
 """A catalogue's boxes as an ultralytics detection dataset, split by individual.
 
-The catalogue keeps `train.csv` (image, species, individual_id), its photos under `images/`, and
-boxes either as YOLO txt (`labels/<stem>.txt`: class cx cy w h, normalised) or as `boxes.csv`
-(image, x1, y1, x2, y2 in pixels, optionally a `class` column with a class name or index).
+The catalogue is read by gallery.catalogue, under its one box rule (`boxes.csv` when the
+catalogue has one, else its YOLO label files); every box of a photo is a positive example,
+and its class is a name of `class_names` or an index into it (none: the first class).
 Validation photos are all the photos of a held-out set of individuals: a detector that has seen
 an animal's other photos would look better than it will on a new animal.
 
@@ -13,7 +13,6 @@ whichever box format the catalogue uses.
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 import shutil
@@ -21,41 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from app.preprocess import Box
-from gallery.errors import NotFoundError, WhaleidError
+from gallery.catalogue import CatalogueError, LabelledBox, Photo, read_catalogue, upright_size
+from gallery.errors import NotFoundError
+from gallery.records import Box
 
 __all__ = [
     "CatalogueError",
+    "ClassBox",
     "DatasetInfo",
-    "LabelledBox",
-    "Photo",
     "build_dataset",
     "read_boxes",
     "read_photos",
     "split_by_individual",
-    "upright_size",
 ]
 
 
-_ORIENTATION = 0x0112  # the EXIF tag
-
-
-class CatalogueError(WhaleidError):
-    """The catalogue's train.csv or boxes are missing or malformed."""
-
-
 @dataclass(frozen=True)
-class Photo:
-    image: str  # as in train.csv: a path relative to the catalogue's images/
-    individual_id: str
-    species: str
-
-
-@dataclass(frozen=True)
-class LabelledBox:
+class ClassBox:
     class_id: int
     box: Box  # pixels of the photo
 
@@ -74,107 +57,47 @@ class DatasetInfo(BaseModel):
 
 
 def read_photos(catalogue: Path) -> list[Photo]:
-    """The rows of the catalogue's train.csv."""
-    path = Path(catalogue) / "train.csv"
-    if not path.is_file():
-        raise NotFoundError(f"{catalogue} is not a catalogue: it has no train.csv")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"image", "individual_id"} - set(reader.fieldnames or ())
-        if missing:
-            raise CatalogueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
-        return [
-            Photo(row["image"], row["individual_id"], row.get("species") or "") for row in reader
-        ]
+    """The photos of the catalogue's train.csv."""
+    return read_catalogue(catalogue, use_boxes=False).photos
 
 
-def read_boxes(catalogue: Path, class_names: list[str]) -> tuple[dict[str, list[LabelledBox]], str]:
-    """Boxes per image (pixels), from labels/*.txt if there are any, else boxes.csv.
+def read_boxes(catalogue: Path, class_names: list[str]) -> tuple[dict[str, list[ClassBox]], str]:
+    """Boxes per image (pixels) with their class ids, and where they came from.
 
     An image with a label file that is empty has been annotated and shows nothing (a background
-    photo); an image absent from both has not been annotated. Returns (boxes, source).
+    photo); an image absent from both has not been annotated.
     """
-    catalogue = Path(catalogue)
-    labels_dir = catalogue / "labels"
-    if labels_dir.is_dir() and any(labels_dir.glob("*.txt")):
-        return _read_yolo_labels(catalogue, class_names), "labels/"
-    if (catalogue / "boxes.csv").is_file():
-        return _read_boxes_csv(catalogue / "boxes.csv", class_names), "boxes.csv"
-    raise NotFoundError(
-        f"{catalogue} has no boxes: the detector needs labels/*.txt (YOLO) or boxes.csv "
-        "(image,x1,y1,x2,y2)"
-    )
+    found = read_catalogue(catalogue)
+    if found.boxes_from is None:
+        raise NotFoundError(
+            f"{catalogue} has no boxes: the detector needs labels/*.txt (YOLO) or boxes.csv "
+            "(image,x1,y1,x2,y2)"
+        )
+    boxes = {
+        image: [ClassBox(_class_id(item, class_names), item.box) for item in items]
+        for image, items in found.boxes.items()
+    }
+    return boxes, found.boxes_from
 
 
-def _read_yolo_labels(catalogue: Path, class_names: list[str]) -> dict[str, list[LabelledBox]]:
-    stems = {Path(p.image).with_suffix("").as_posix(): p.image for p in read_photos(catalogue)}
-    boxes: dict[str, list[LabelledBox]] = {}
-    for stem, image in stems.items():
-        label_file = catalogue / "labels" / f"{stem}.txt"
-        if not label_file.is_file():
-            continue
-        width, height = upright_size(catalogue / "images" / image)
-        found = []
-        for number, line in enumerate(label_file.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                cls, cx, cy, w, h = (float(v) for v in line.split()[:5])
-            except ValueError as exc:
-                raise CatalogueError(f"{label_file}:{number}: not 'class cx cy w h'") from exc
-            class_id = _class_id(int(cls), class_names, f"{label_file}:{number}")
-            box = ((cx - w / 2) * width, (cy - h / 2) * height)
-            found.append(
-                LabelledBox(class_id, (box[0], box[1], box[0] + w * width, box[1] + h * height))
-            )
-        boxes[image] = found
-    return boxes
-
-
-def _read_boxes_csv(path: Path, class_names: list[str]) -> dict[str, list[LabelledBox]]:
-    boxes: dict[str, list[LabelledBox]] = {}
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"image", "x1", "y1", "x2", "y2"} - set(reader.fieldnames or ())
-        if missing:
-            raise CatalogueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
-        for number, row in enumerate(reader, 2):
-            where = f"{path}:{number}"
-            try:
-                box = (float(row["x1"]), float(row["y1"]), float(row["x2"]), float(row["y2"]))
-            except ValueError as exc:
-                raise CatalogueError(f"{where}: x1,y1,x2,y2 must be numbers") from exc
-            label = (row.get("class") or "").strip()
-            if not label:
-                class_id = 0
-            elif label in class_names:
-                class_id = class_names.index(label)
-            elif label.isdigit():
-                class_id = _class_id(int(label), class_names, where)
-            else:
-                raise CatalogueError(
-                    f"{where}: class {label!r} is not one of --classes {','.join(class_names)}"
-                )
-            boxes.setdefault(row["image"], []).append(LabelledBox(class_id, box))
-    return boxes
-
-
-def _class_id(class_id: int, class_names: list[str], where: str) -> int:
+def _class_id(item: LabelledBox, class_names: list[str]) -> int:
+    label = item.label.strip()
+    if not label:
+        return 0
+    if label in class_names:
+        return class_names.index(label)
+    try:
+        class_id = int(float(label))
+    except ValueError:
+        raise CatalogueError(
+            f"{item.where}: class {label!r} is not one of --classes {','.join(class_names)}"
+        ) from None
     if not 0 <= class_id < len(class_names):
         raise CatalogueError(
-            f"{where}: class {class_id} but only {len(class_names)} class name(s) were given "
-            f"(--classes {','.join(class_names)})"
+            f"{item.where}: class {class_id} but only {len(class_names)} class name(s) were "
+            f"given (--classes {','.join(class_names)})"
         )
     return class_id
-
-
-def upright_size(path: Path) -> tuple[int, int]:
-    """(W, H) of the photo as decoded (EXIF orientation applied), from its header only."""
-    with Image.open(path) as img:
-        width, height = img.size
-        if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90°: sides swap
-            return height, width
-    return width, height
 
 
 def split_by_individual(
@@ -234,9 +157,7 @@ def build_dataset(
     )
 
 
-def _add(
-    catalogue: Path, out_dir: Path, split: str, photo: Photo, found: list[LabelledBox]
-) -> None:
+def _add(catalogue: Path, out_dir: Path, split: str, photo: Photo, found: list[ClassBox]) -> None:
     source = catalogue / "images" / photo.image
     if not source.is_file():
         raise NotFoundError(f"{source} is listed in train.csv but does not exist")

@@ -8,8 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from app.decode import open_image
-from app.pipeline import Crop
-from app.preprocess import Box
+from app.preprocess import Box, Crop
 from training.detector.dataset import read_boxes, read_photos
 from training.detector.run import DetectorRun
 

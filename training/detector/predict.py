@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.pipeline import Crop
-from app.preprocess import letterbox
+from app.preprocess import Crop, letterbox
 from training.detector import yolo
 
 __all__ = ["TorchDetector"]
