@@ -105,3 +105,44 @@ def test_import_manage_export_reembed(
     assert gallery_cli(db, "delete", "--image", str(row[0].evidence_image_id)) == 0
     with Gallery.open(db, fingerprint=new_pipeline.fingerprint, dim=16) as g:
         assert g.size == n - 2 * PHOTOS - 1
+
+
+def test_reserved_id_is_refused_on_every_path(
+    setup: tuple[Path, Path, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalogue, old, _, db = setup
+    train = catalogue / "train.csv"
+    original = train.read_text()
+    train.write_text(original.replace("whale-3", "new_individual"))
+    assert gallery_cli(db, "import", "--bundle", str(old), "--catalogue", str(catalogue)) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "new_individual" in line and "reserved" in line
+    train.write_text(original)
+    assert gallery_cli(db, "list") == 0
+    assert "0 of 0 individuals" in capsys.readouterr().out  # the refused import stored nothing
+
+    assert gallery_cli(db, "import", "--bundle", str(old), "--catalogue", str(catalogue)) == 0
+    capsys.readouterr()
+    for argv in (("rename", "whale-0", "new_individual"), ("merge", "whale-1", "new_individual")):
+        assert gallery_cli(db, *argv) == 2, argv
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("whaleid gallery: error:") and "reserved" in line
+    assert gallery_cli(db, "rename", "whale-0", "x" * 129) == 2
+    assert "128" in capsys.readouterr().err
+    assert gallery_cli(db, "show", "whale-0") == 0  # untouched
+
+
+def test_gallery_settings_come_from_dotenv(
+    setup: tuple[Path, Path, Path, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    catalogue, old, _, _ = setup
+    monkeypatch.delenv("WHALEID_GALLERY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"WHALEID_GALLERY={tmp_path / 'from-env.db'}\n")
+    assert main(["gallery", "import", "--bundle", str(old), "--catalogue", str(catalogue)]) == 0
+    assert (tmp_path / "from-env.db").is_file()
+    assert main(["gallery", "list"]) == 0
+    assert f"{INDIVIDUALS} of {INDIVIDUALS} individuals" in capsys.readouterr().out

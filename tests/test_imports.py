@@ -81,3 +81,46 @@ def test_serving_commands_start_without_training_libraries() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_catalogue_and_data_config_import_without_training_libraries() -> None:
+    """The catalogue reader and DataConfig are what app-side tools and tests share with
+    training: they must not drag torch in."""
+    result = run_python(
+        """
+        import sys
+        import gallery.catalogue, training.config, training.catalogue
+        assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_no_module_imports_another_inside_a_function() -> None:
+    """Imports point one way (gallery ← app ← training); a project import hidden in a function
+    body would let a cycle back in unseen. app/cli.py loads commands by name (importlib), which
+    is the one deliberate late binding."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = {"app", "gallery", "training", "bench"}
+    found = []
+    for package in ("app", "gallery"):
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for func in ast.walk(tree):
+                if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for node in ast.walk(func):
+                    if isinstance(node, ast.ImportFrom):
+                        names = [node.module or ""]
+                    elif isinstance(node, ast.Import):
+                        names = [alias.name for alias in node.names]
+                    else:
+                        continue
+                    if any(name.split(".")[0] in project for name in names):
+                        found.append(f"{path.relative_to(root)}:{node.lineno} {names[0]}")
+    assert not found, found

