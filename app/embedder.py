@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from app.manifest import BundleError, EmbedderSpec
-from app.preprocess import hflip, to_batch
+from app.preprocess import embed_with_flip, l2_normalize
 from app.sessions import open_session
 
 __all__ = [
@@ -24,7 +23,6 @@ __all__ = [
     "OUTPUT_NAME",
     "OnnxEmbedder",
     "combine",
-    "l2_normalize",
 ]
 
 # The names export gives the graph's ends; serving reads whatever the file has but checks there
@@ -36,13 +34,6 @@ _ORT_TYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
 }
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32)
 
 
 def combine(parts: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -128,10 +119,4 @@ class OnnxEmbedder:
         are averaged, then normalised again."""
         if not self.spec.flip_tta:
             return l2_normalize(self.run(batch))
-        n = batch.shape[0]
-        both = l2_normalize(self.run(np.concatenate([batch, hflip(batch)], axis=0)))
-        return l2_normalize(both[:n] + both[n:])
-
-    def embed(self, crops: Sequence[Image.Image]) -> np.ndarray:
-        """Crops (any size; resized here) → (N, D) L2-normalised embeddings."""
-        return self.embed_batch(to_batch(crops, self.spec.transform))
+        return embed_with_flip(self.run, batch)

@@ -2,12 +2,14 @@
 
 Every number here travels in the bundle manifest, so the exported model is fed exactly what it
 was trained on: crop with padding, resize, RGB channel order, scale to [0, 1], normalise, CHW.
-Flip TTA is a horizontal flip of the normalised array. The detector uses letterboxing.
+Flip TTA is a horizontal flip of the normalised array, and the embeddings of a photo and its
+mirror are averaged the one way `embed_with_flip` does, for the torch and the ONNX embedders alike.
+The detector uses letterboxing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +27,9 @@ __all__ = [
     "EmbedTransform",
     "Letterbox",
     "crop_box",
+    "embed_with_flip",
     "hflip",
+    "l2_normalize",
     "letterbox",
     "pad_box",
     "to_batch",
@@ -83,6 +87,21 @@ def to_batch(images: Sequence[Image.Image], transform: EmbedTransform) -> np.nda
 def hflip(batch: np.ndarray) -> np.ndarray:
     """Horizontal flip of a (..., H, W) array: the flip of flip TTA."""
     return np.ascontiguousarray(batch[..., ::-1])
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32)
+
+
+def embed_with_flip(embed: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
+    """Flip TTA: `embed` ((N, 3, H, W) → (N, D)) runs once on the batch and its mirror
+    together; the two normalised embeddings of each photo are averaged and normalised again."""
+    n = batch.shape[0]
+    both = l2_normalize(embed(np.concatenate([batch, hflip(batch)], axis=0)))
+    return l2_normalize(both[:n] + both[n:])
 
 
 def pad_box(box: Box, padding: float, size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -50,10 +50,10 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from app.decode import decode_image
-from app.embedder import combine, l2_normalize
+from app.embedder import combine
 from app.manifest import EmbedderSpec, Manifest
 from app.pipeline import Pipeline
-from app.preprocess import EmbedTransform, crop_box, hflip, letterbox, pad_box
+from app.preprocess import EmbedTransform, crop_box, hflip, l2_normalize, letterbox, pad_box
 from app.sessions import open_session, resolve_providers
 from bench.server import ServeProcess, ServerFailed, serve_env
 from gallery.rank import NEW, NEW_INDIVIDUAL, rank

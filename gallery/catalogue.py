@@ -90,14 +90,6 @@ class Catalogue:
     boxes: dict[str, list[LabelledBox]] = field(default_factory=dict)  # image → every box
     boxes_from: str | None = None  # "boxes.csv" or "labels/" (as named), None: no boxes
 
-    @property
-    def individuals(self) -> list[str]:
-        return sorted({p.individual_id for p in self.photos})
-
-    @property
-    def species(self) -> list[str]:
-        return sorted({p.species for p in self.photos})
-
 
 def names(items: Iterable[str]) -> str:
     """The first few of `items`, for an error message."""

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from gallery import images as image_records
 from gallery import individuals as individual_records
 from gallery.errors import GalleryInputError
@@ -59,6 +57,8 @@ class Gallery:
         self.store = store
         self.replica = replica
         self.photos = photos
+        # Rank individuals for query vectors: the replica answers (IndexReplica.search).
+        self.search = replica.search
 
     @classmethod
     def open(
@@ -249,20 +249,6 @@ class Gallery:
     def photo(self, image_id: int) -> bytes:
         """The original photo of an image (NotFoundError when photos are not kept)."""
         return image_records.photo_of(store=self.store, photos=self.photos, image_id=image_id)
-
-    def search(
-        self,
-        vectors: np.ndarray,
-        *,
-        top_k: int = 5,
-        threshold: float | np.ndarray,
-        species: str | None = None,
-        hits: int = 50,
-    ) -> list[list[Candidate]]:
-        """Rank individuals for each query vector (see IndexReplica.search)."""
-        return self.replica.search(
-            vectors, top_k=top_k, threshold=threshold, species=species, hits=hits
-        )
 
     def save_snapshot(self, path: Path | None = None) -> Path:
         return self.replica.save_snapshot(path)

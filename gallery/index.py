@@ -10,7 +10,7 @@ Both sit in an `IndexIDMap`, so faiss answers with the store's image ids directl
 
 from __future__ import annotations
 
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import faiss
 import numpy as np
@@ -20,7 +20,6 @@ __all__ = ["KINDS", "VectorIndex"]
 # faiss's bundled type stubs lack some SWIG classes (HNSW search parameters, callback IO).
 _faiss: Any = faiss
 
-Kind = Literal["flat", "hnsw"]
 KINDS: tuple[str, ...] = ("flat", "hnsw")
 
 

@@ -7,7 +7,7 @@ vectors are the ones the exported ONNX embedder gives for the same photos.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +16,13 @@ from PIL import Image
 from torch import nn
 
 from app.decode import open_image
-from app.preprocess import EmbedTransform, hflip, to_batch
+from app.preprocess import EmbedTransform, embed_with_flip, l2_normalize, to_batch
+from gallery.batches import chunks
 from training.catalogue import Photo, read_photo
 
-__all__ = ["ImageSource", "embed_images", "l2_normalize"]
+__all__ = ["ImageSource", "embed_images"]
 
 ImageSource = Image.Image | Photo | str | Path
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 def _load(item: ImageSource, padding: float) -> Image.Image:
@@ -37,17 +33,12 @@ def _load(item: ImageSource, padding: float) -> Image.Image:
     return open_image(item)
 
 
-def _batches(items: Sequence[ImageSource], size: int) -> Iterator[Sequence[ImageSource]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 @torch.inference_mode()
 def _forward(model: nn.Module, batch: np.ndarray, device: torch.device) -> np.ndarray:
     x = torch.from_numpy(batch).to(device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    return l2_normalize(model(x).float().cpu().numpy())
+    return model(x).float().cpu().numpy()
 
 
 def embed_images(
@@ -67,14 +58,15 @@ def embed_images(
     """
     device = torch.device(device)
     model.eval()
-    chunks = []
-    for items in _batches(images, batch_size):
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return _forward(model, batch, device)
+
+    parts = []
+    for items in chunks(images, batch_size):
         batch = to_batch([_load(item, padding) for item in items], transform)
-        vectors = _forward(model, batch, device)
-        if flip_tta:
-            vectors = l2_normalize(vectors + _forward(model, hflip(batch), device))
-        chunks.append(vectors)
-    if not chunks:
+        parts.append(embed_with_flip(forward, batch) if flip_tta else l2_normalize(forward(batch)))
+    if not parts:
         dim = int(getattr(model, "embedding_size", 0))
         return np.zeros((0, dim), dtype=np.float32)
-    return np.concatenate(chunks)
+    return np.concatenate(parts)

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from gallery.catalogue import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, read_catalogue
 from gallery.errors import WhaleidError
 
 __all__ = ["build_parser", "run"]
@@ -68,29 +69,25 @@ def make_catalogue(out: Path) -> Path:
 
 def split_gallery(catalogue: Path, out: Path) -> tuple[Path, list[Path]]:
     """A catalogue folder of every photo but each individual's last (the gallery) and those
-    last photos (queries to try). The images folder is shared, not copied."""
+    last photos (queries to try). Images and boxes are shared, not copied."""
     folder = out / "gallery-catalogue"
-    with (catalogue / "train.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    last: dict[str, dict[str, str]] = {}
-    for row in rows:
-        last[row["individual_id"]] = row
-    held = {row["image"] for row in last.values()}
+    photos = read_catalogue(catalogue, use_boxes=False).photos
+    last = {p.individual_id: p for p in photos}
+    held = {p.image for p in last.values()}
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "train.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image", "species", "individual_id"])
-        writer.writeheader()
+        writer = csv.writer(fh)
+        writer.writerow([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
         writer.writerows(
-            {k: r[k] for k in ("image", "species", "individual_id")}
-            for r in rows
-            if r["image"] not in held
+            [p.image, p.species, p.individual_id, p.viewpoint or "", p.encounter or ""]
+            for p in photos
+            if p.image not in held
         )
-    images = folder / "images"
-    if not images.exists():
-        images.symlink_to((catalogue / "images").resolve(), target_is_directory=True)
-    if (catalogue / "boxes.csv").is_file():
-        (folder / "boxes.csv").write_text((catalogue / "boxes.csv").read_text())
-    return folder, [catalogue / "images" / name for name in sorted(held)]
+    for name in ("images", "boxes.csv", "labels"):
+        link = folder / name
+        if (catalogue / name).exists() and not link.exists():
+            link.symlink_to((catalogue / name).resolve(), target_is_directory=name != "boxes.csv")
+    return folder, sorted(p.path for p in photos if p.image in held)
 
 
 def train_embedder(catalogue: Path, out: Path) -> Path:
