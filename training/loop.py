@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from app.preprocess import EmbedTransform
 from training import runs
 from training.catalogue import Photo, load_catalogue
 from training.config import TrainConfig
@@ -150,18 +152,65 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, *, resume: bool = False
         teardown(state)
 
 
+@dataclass
+class _Session:
+    """Everything one training process holds: the run, the trainee and its optimiser, the data."""
+
+    cfg: TrainConfig
+    run: Run
+    dist: Dist
+    device: torch.device
+    transform: EmbedTransform
+    trainee: Trainee
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    dataset: PhotoDataset
+    sampler: GlobalBatchSampler
+    loader: DataLoader
+    start_epoch: int = 0
+    best: float = -1.0  # the best open-set MAP@5 so far; lives on process 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
 def _train(cfg: TrainConfig, run_dir: Path, resume: bool, dist: Dist, device: torch.device) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    cuda = device.type == "cuda"
     if dist.is_main and not resume:
         _prepare(cfg, run_dir)
     dist.barrier()
-    run = Run(run_dir)
+    session = _session(cfg, Run(run_dir), dist, device)
+    if resume:
+        _resume(session)
+    wrapped: nn.Module = (
+        DistributedDataParallel(session.trainee) if dist.enabled else session.trainee
+    )
+    for epoch in range(session.start_epoch, cfg.optim.epochs):
+        record = _train_epoch(session, wrapped, epoch)
+        if dist.is_main:
+            _end_epoch(session, epoch, record, resumed=resume)
+        dist.barrier()
+        wrapped.train()
+
+    if dist.is_main and cfg.eval.at_end:
+        evaluate_run(session.run, device=device)
+    dist.barrier()
+    return run_dir
+
+
+def _session(cfg: TrainConfig, run: Run, dist: Dist, device: torch.device) -> _Session:
+    """The model, head, optimiser, schedule and data of a run, seeded, on `device`."""
+    cuda = device.type == "cuda"
     labels = run.labels
-    splits = run.splits
     by_name = {p.image: p for p in run.photos}
-    train_photos: list[Photo] = [by_name[n] for n in splits.train]
+    train_photos: list[Photo] = [by_name[n] for n in run.splits.train]
     code = labels.code()
     species_code = {s: i for i, s in enumerate(labels.species)}
     class_ids = [code[p.individual_id] for p in train_photos]
@@ -170,7 +219,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, dist: Dist, device: to
     model = build_model(cfg.model)
     transform = model.transform((cfg.data.image_size, cfg.data.image_size))
     if dist.is_main:
-        (run_dir / runs.TRANSFORM).write_text(transform.model_dump_json(indent=1) + "\n")
+        (run.path / runs.TRANSFORM).write_text(transform.model_dump_json(indent=1) + "\n")
     counts = torch.bincount(torch.tensor(class_ids), minlength=len(labels.individuals))
     head = MarginHead(
         model.embedding_size,
@@ -201,89 +250,111 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, dist: Dist, device: to
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(sampler)))
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.optim.amp)
+    return _Session(
+        cfg=cfg,
+        run=run,
+        dist=dist,
+        device=device,
+        transform=transform,
+        trainee=trainee,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(sampler))),
+        scaler=torch.amp.GradScaler("cuda", enabled=cuda and cfg.optim.amp),
+        dataset=dataset,
+        sampler=sampler,
+        loader=DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=cuda),
+    )
 
-    start_epoch, best = 0, -1.0
-    if resume:
-        checkpoint = torch.load(run.checkpoint_path("last"), map_location="cpu", weights_only=False)
-        trainee.model.load_state_dict(checkpoint["model"])
-        trainee.head.load_state_dict(checkpoint["head"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, best = checkpoint["epoch"] + 1, checkpoint["best"]
-    wrapped: nn.Module = DistributedDataParallel(trainee) if dist.enabled else trainee
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=cuda)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        wrapped.train()
-        if cfg.optim.freeze_bn:
-            _freeze_bn(wrapped)
-        loss_sum, seen, started = 0.0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not dist.is_main,
-                   leave=False, dynamic_ncols=True)  # fmt: skip
-        for x, y, s in bar:
-            x, y, s = x.to(device, non_blocking=True), y.to(device), s.to(device)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            loss = wrapped(x, y, s)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(y)
-            seen += len(y)
-            rate = seen * dist.world_size / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            img_s=f"{rate:.1f}")  # fmt: skip
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": dist.sum(loss_sum) / max(1.0, dist.sum(seen)),
-            "lr": scheduler.get_last_lr()[0],
-            "images_per_s": dist.sum(seen) / (time.perf_counter() - started),
-        }
-        last_epoch = epoch + 1 == cfg.optim.epochs
-        if dist.is_main:
-            evaluate_now = cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or last_epoch)
-            if evaluate_now:
-                result = sweep(
-                    embed_eval_set(trainee.model, run.open_set_split(), transform, cfg.eval,
-                                   padding=cfg.data.box_padding, device=device),
-                    cfg.eval,
-                )  # fmt: skip
-                record.update({k: v for k, v in result.at(result.best_threshold).items()})
-            improved = "map5" in record and record["map5"] > best
-            if improved or cfg.eval.every == 0:
-                best = record.get("map5", best)
-                _save_checkpoint(
-                    run_dir / runs.EMBEDDER, model=trainee.model.state_dict(), epoch=epoch + 1
-                )
-            checkpoint = {
-                "epoch": epoch, "best": best, "model": trainee.model.state_dict(),
-                "head": trainee.head.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            }  # fmt: skip
-            _save_checkpoint(run_dir / runs.CHECKPOINTS / f"epoch-{epoch + 1:03d}.pt", **checkpoint)
-            _save_checkpoint(run_dir / runs.CHECKPOINTS / runs.LAST, **checkpoint)
-            records = _append_metrics(run_dir, record, start_epoch if resume else None)
-            plot_curves(records, run_dir / runs.CURVES)
-            print(json.dumps(record), flush=True)
-        dist.barrier()
-        # `best` lives on process 0; the others never use it.
-        wrapped.train()
+def _resume(session: _Session) -> None:
+    """Model, head, optimiser, schedule and scaler as the last checkpoint left them."""
+    path = session.run.checkpoint_path("last")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    session.trainee.model.load_state_dict(checkpoint["model"])
+    session.trainee.head.load_state_dict(checkpoint["head"])
+    session.optimizer.load_state_dict(checkpoint["optimizer"])
+    session.scheduler.load_state_dict(checkpoint["scheduler"])
+    session.scaler.load_state_dict(checkpoint["scaler"])
+    session.start_epoch, session.best = checkpoint["epoch"] + 1, checkpoint["best"]
 
-    if dist.is_main and cfg.eval.at_end:
-        evaluate_run(run, device=device)
-    dist.barrier()
-    return run_dir
+
+def _train_epoch(session: _Session, wrapped: nn.Module, epoch: int) -> dict[str, Any]:
+    """One pass over this process's share of the data; returns the epoch's metrics record
+    (loss and throughput summed over every process)."""
+    cfg, dist, device = session.cfg, session.dist, session.device
+    session.dataset.set_epoch(epoch)
+    session.sampler.set_epoch(epoch)
+    wrapped.train()
+    if cfg.optim.freeze_bn:
+        _freeze_bn(wrapped)
+    params = session.params
+    loss_sum, seen, started = 0.0, 0, time.perf_counter()
+    bar = tqdm(
+        session.loader,
+        desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+        disable=not dist.is_main,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for x, y, s in bar:
+        x, y, s = x.to(device, non_blocking=True), y.to(device), s.to(device)
+        if session.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = wrapped(x, y, s)
+        session.optimizer.zero_grad(set_to_none=True)
+        session.scaler.scale(loss).backward()
+        if cfg.optim.clip_grad:
+            session.scaler.unscale_(session.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
+        session.scaler.step(session.optimizer)
+        session.scaler.update()
+        session.scheduler.step()
+        loss_sum += float(loss.detach()) * len(y)
+        seen += len(y)
+        rate = seen * dist.world_size / (time.perf_counter() - started)
+        lr = session.scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+    return {
+        "epoch": epoch + 1,
+        "loss": dist.sum(loss_sum) / max(1.0, dist.sum(seen)),
+        "lr": session.scheduler.get_last_lr()[0],
+        "images_per_s": dist.sum(seen) / (time.perf_counter() - started),
+    }
+
+
+def _end_epoch(session: _Session, epoch: int, record: dict[str, Any], *, resumed: bool) -> None:
+    """Process 0: evaluate when due, keep the best embedder, checkpoint, log the metrics."""
+    cfg, run_dir, trainee = session.cfg, session.run.path, session.trainee
+    last_epoch = epoch + 1 == cfg.optim.epochs
+    if cfg.eval.every > 0 and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
+        embedded = embed_eval_set(
+            trainee.model,
+            session.run.open_set_split(),
+            session.transform,
+            cfg.eval,
+            padding=cfg.data.box_padding,
+            device=session.device,
+        )
+        result = sweep(embedded, cfg.eval)
+        record.update({k: v for k, v in result.at(result.best_threshold).items()})
+    improved = "map5" in record and record["map5"] > session.best
+    if improved or cfg.eval.every == 0:
+        session.best = record.get("map5", session.best)
+        _save_checkpoint(run_dir / runs.EMBEDDER, model=trainee.model.state_dict(), epoch=epoch + 1)
+    checkpoint = {
+        "epoch": epoch,
+        "best": session.best,
+        "model": trainee.model.state_dict(),
+        "head": trainee.head.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict(),
+        "scaler": session.scaler.state_dict(),
+    }
+    _save_checkpoint(run_dir / runs.CHECKPOINTS / f"epoch-{epoch + 1:03d}.pt", **checkpoint)
+    _save_checkpoint(run_dir / runs.CHECKPOINTS / runs.LAST, **checkpoint)
+    records = _append_metrics(run_dir, record, session.start_epoch if resumed else None)
+    plot_curves(records, run_dir / runs.CURVES)
+    print(json.dumps(record), flush=True)
 
 
 def evaluate_run(run: Run, *, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -294,8 +365,9 @@ def evaluate_run(run: Run, *, device: torch.device | str = "cpu") -> dict[str, A
     transform = run.transform()
 
     def embed(eval_set: EvalSet) -> EmbeddedSet:
-        return embed_eval_set(model, eval_set, transform, cfg.eval,
-                              padding=cfg.data.box_padding, device=device)  # fmt: skip
+        return embed_eval_set(
+            model, eval_set, transform, cfg.eval, padding=cfg.data.box_padding, device=device
+        )
 
     open_set = run.open_set_split()
     embedded = embed(open_set)
