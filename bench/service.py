@@ -53,7 +53,15 @@ from app.decode import decode_image
 from app.embedder import combine
 from app.manifest import EmbedderSpec, Manifest
 from app.pipeline import Pipeline
-from app.preprocess import EmbedTransform, crop_box, hflip, l2_normalize, letterbox, pad_box
+from app.preprocess import (
+    Crop,
+    EmbedTransform,
+    crop_box,
+    hflip,
+    l2_normalize,
+    letterbox,
+    pad_box,
+)
 from app.sessions import open_session, resolve_providers
 from bench.server import ServeProcess, ServerFailed, serve_env
 from gallery.rank import NEW, NEW_INDIVIDUAL, rank
@@ -222,8 +230,6 @@ class GalleryData:
     """The gallery photos embedded by the bundle's pipeline: vectors, crops, integer labels."""
 
     def __init__(self, pipeline: Pipeline, photos: Sequence[Photo], batch: int = 32) -> None:
-        from app.pipeline import Crop
-
         self.photos = list(photos)
         names = sorted({p.individual_id for p in self.photos})
         self.individuals = names
@@ -487,7 +493,7 @@ def agreement(rows: Sequence[Measure]) -> float:
     return same / len(firsts[0])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_QUERIES} queries, 1 pass")
     parser.add_argument("--bundle", type=Path, help="model bundle (default: build the demo)")
@@ -530,6 +536,81 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="(c) crops with the ONNX detector instead of ultralytics'",
     )
+    return parser
+
+
+def measure_raw(
+    bundle: Path, gallery: GalleryData, device: str, queries: Sequence[Photo], repeat: int
+) -> tuple[Measure, Measure]:
+    """(a) the bundle's models called back to back, and (a′) the same with spinning on."""
+    log("(a) raw onnxruntime")
+    raw = time_serial(
+        "raw", "(a) raw onnxruntime, back to back", Raw(bundle, gallery, device), queries, repeat
+    )
+    spinning = time_serial(
+        "raw_spin",
+        "(a′) the same, onnxruntime's default intra-op spinning on",
+        Raw(bundle, gallery, device, spin=True),
+        queries,
+        repeat,
+    )
+    return raw, spinning
+
+
+def measure_seed(
+    args: argparse.Namespace,
+    inputs: Inputs,
+    manifest: Manifest,
+    gallery: GalleryData,
+    queries: Sequence[Photo],
+    repeat: int,
+) -> tuple[Measure, int]:
+    """(c) the seed-style torch pipeline; returns its row and the torch threads it ran on."""
+    import torch
+
+    log("(c) seed-style torch eager")
+    threads = torch.get_num_threads()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        seed = SeedStyle(inputs, manifest, gallery, args.seed_onnx_detector, args.device)
+        row = time_serial(
+            "seed", "(c) seed-style: torch eager, per photo, pandas", seed, queries, repeat
+        )
+        return row, torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)  # the test suite's process goes on with its own setting
+
+
+def measure_service(
+    args: argparse.Namespace,
+    bundle: Path,
+    pipeline: Pipeline,
+    gallery: GalleryData,
+    queries: Sequence[Photo],
+    repeat: int,
+) -> list[Measure]:
+    """(b) `whaleid serve` over HTTP, at each concurrency."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        db = args.gallery or Path(tmp) / "gallery.db"
+        fill_gallery(f"sqlite:///{db.resolve()}", pipeline, gallery)
+        log("(b) starting whaleid serve")
+        server = Server(bundle, db, Path(tmp), args.device)
+        try:
+            server.start()
+            for concurrency in CONCURRENCY:
+                log(f"(b) concurrency {concurrency}")
+                rows.append(time_http(server, queries, repeat, concurrency))
+        except ServerFailed as exc:
+            raise SystemExit(str(exc)) from exc
+        finally:
+            server.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
 
@@ -547,57 +628,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     pipeline = Pipeline.from_bundle(inputs.bundle, providers=[args.device])
     gallery = GalleryData(pipeline, gallery_photos)
-    rows: list[Measure] = []
-    log("(a) raw onnxruntime")
-    raw = time_serial(
-        "raw",
-        "(a) raw onnxruntime, back to back",
-        Raw(inputs.bundle, gallery, args.device),
-        queries,
-        repeat,
-    )
-    spinning = time_serial(
-        "raw_spin",
-        "(a′) the same, onnxruntime's default intra-op spinning on",
-        Raw(inputs.bundle, gallery, args.device, spin=True),
-        queries,
-        repeat,
-    )
-    rows += [raw, spinning]
-    log("(c) seed-style torch eager")
-    import torch
-
-    threads = torch.get_num_threads()
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    try:
-        seed = SeedStyle(inputs, manifest, gallery, args.seed_onnx_detector, args.device)
-        seed_row = time_serial(
-            "seed", "(c) seed-style: torch eager, per photo, pandas", seed, queries, repeat
-        )
-        seed_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(threads)  # the test suite's process goes on with its own setting
-    del seed
-
-    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
-        db = args.gallery or Path(tmp) / "gallery.db"
-        fill_gallery(f"sqlite:///{db.resolve()}", pipeline, gallery)
-        log("(b) starting whaleid serve")
-        server = Server(inputs.bundle, db, Path(tmp), args.device)
-        try:
-            server.start()
-            for concurrency in CONCURRENCY:
-                log(f"(b) concurrency {concurrency}")
-                rows.append(time_http(server, queries, repeat, concurrency))
-        except ServerFailed as exc:
-            raise SystemExit(str(exc)) from exc
-        finally:
-            server.stop()
-    service = rows[2:]
-    rows.append(seed_row)
-
-    same = agreement(rows)
+    raw, spinning = measure_raw(inputs.bundle, gallery, args.device, queries, repeat)
+    seed_row, seed_threads = measure_seed(args, inputs, manifest, gallery, queries, repeat)
+    service = measure_service(args, inputs.bundle, pipeline, gallery, queries, repeat)
+    rows = [raw, spinning, *service, seed_row]
     truth = [
         NEW_INDIVIDUAL if p.individual_id not in gallery.individuals else p.individual_id
         for p in queries
@@ -608,6 +642,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratios[f"service_c{concurrency}/raw"] = row.images_per_s / raw.images_per_s
         ratios[f"service_c{concurrency}/seed"] = row.images_per_s / seed_row.images_per_s
         ratios[f"service_c{concurrency}/raw_spin"] = row.images_per_s / spinning.images_per_s
+    describe(args, manifest, gallery, seed_threads, len(gallery_photos), len(queries), repeat)
+    report(rows, service, ratios, correct, len(queries))
+    return {
+        "rows": {row.key: row.summary() for row in rows},
+        "ratios": ratios,
+        "agreement": agreement(rows),
+        "top1_correct": correct,
+        "queries": len(queries),
+        "agreement_with_raw": {row.key: agreement([raw, row]) for row in rows[1:]},
+        "top1": {row.key: row.top1 for row in rows},
+    }
+
+
+def describe(
+    args: argparse.Namespace,
+    manifest: Manifest,
+    gallery: GalleryData,
+    seed_threads: int,
+    gallery_size: int,
+    queries: int,
+    repeat: int,
+) -> None:
+    """The machine, the versions and the bundle the figures were measured on."""
+    import torch
 
     cpu = platform.processor() or platform.machine()
     where = (
@@ -623,9 +681,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     members = " + ".join(f"{s.timm_name} {s.transform.input_size[0]}px" for s in manifest.embedders)
     detector = "none" if manifest.detector is None else f"{manifest.detector.input_size}px"
     print(
-        f"bundle: {members}, detector {detector}; gallery {len(gallery_photos)} photos of "
-        f"{len(gallery.individuals)} individuals; {len(queries)} held-out queries × {repeat}"
+        f"bundle: {members}, detector {detector}; gallery {gallery_size} photos of "
+        f"{len(gallery.individuals)} individuals; {queries} held-out queries × {repeat}"
     )
+
+
+def report(
+    rows: Sequence[Measure],
+    service: Sequence[Measure],
+    ratios: dict[str, float],
+    correct: float,
+    queries: int,
+) -> None:
+    """The table, where a request's time goes inside the service, the ratios, the agreement."""
     print("| pipeline | images | images/s | p50 ms | p95 ms |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for row in rows:
@@ -646,20 +714,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}, "
             f"(b)/(a′) = {ratios[f'service_c{concurrency}/raw_spin']:.2f}  (images/s)"
         )
+    raw = rows[0]
     pairs = ", ".join(f"{row.key} {agreement([raw, row]):.0%}" for row in rows[1:])
     print(
-        f"same top-1 as (a): {pairs}; in all rows on {same:.0%} of {len(queries)} "
+        f"same top-1 as (a): {pairs}; in all rows on {agreement(rows):.0%} of {queries} "
         f"queries (top-1 correct: {correct:.0%})"
     )
-    return {
-        "rows": {row.key: row.summary() for row in rows},
-        "ratios": ratios,
-        "agreement": same,
-        "top1_correct": correct,
-        "queries": len(queries),
-        "agreement_with_raw": {row.key: agreement([raw, row]) for row in rows[1:]},
-        "top1": {row.key: row.top1 for row in rows},
-    }
 
 
 if __name__ == "__main__":
