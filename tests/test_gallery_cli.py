@@ -146,3 +146,9 @@ def test_gallery_settings_come_from_dotenv(
     assert (tmp_path / "from-env.db").is_file()
     assert main(["gallery", "list"]) == 0
     assert f"{INDIVIDUALS} of {INDIVIDUALS} individuals" in capsys.readouterr().out
+
+
+def test_a_gallery_that_is_no_url_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gallery", "--gallery", "mysql://db/x", "list"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "WHALEID_GALLERY" in line and "mysql://db/x" in line and "sqlite:///" in line

@@ -38,7 +38,7 @@ from gallery.images import ImportItem
 from gallery.photos import PhotoStore, content_hash, resolve_photos_dir
 from gallery.records import ImageRecord, NewImage
 from gallery.reembed import EmbedFn, reembed
-from gallery.rules import check_individual_id
+from gallery.rules import check_individual_id, check_label
 from gallery.store import SqlStore, open_store
 
 __all__ = ["build_parser", "run"]
@@ -151,9 +151,11 @@ def _settings(args: argparse.Namespace) -> StoreSettings:
 
 def _import(args: argparse.Namespace, url: str, photos_dir: Path | None) -> int:
     photos = read_catalogue(args.catalogue).photos
-    # Every row obeys the id rules before anything is embedded or stored.
+    # Every row obeys the records' rules before anything is embedded or stored.
     for photo in photos:
         check_individual_id(photo.individual_id, field=f"{photo.image}: individual_id")
+        for name in ("species", "viewpoint", "encounter"):
+            check_label(getattr(photo, name), field=f"{photo.image}: {name}")
     pipeline = Pipeline.from_bundle(args.bundle, providers=args.providers)
     gallery = Gallery.open(
         url, fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim, photos_dir=photos_dir
