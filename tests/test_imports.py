@@ -98,29 +98,58 @@ def test_catalogue_and_data_config_import_without_training_libraries() -> None:
     assert result.stdout.strip() == "ok"
 
 
-def test_no_module_imports_another_inside_a_function() -> None:
-    """Imports point one way (gallery ← app ← training); a project import hidden in a function
-    body would let a cycle back in unseen. app/cli.py loads commands by name (importlib), which
-    is the one deliberate late binding."""
+def _project_imports(package: str) -> list[tuple[str, int, str]]:
+    """(file, line, module) of every import of a project module in `package`, and whether it
+    sits inside a function body."""
     import ast
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    project = {"app", "gallery", "training", "bench"}
     found = []
-    for package in ("app", "gallery"):
-        for path in sorted((root / package).rglob("*.py")):
-            tree = ast.parse(path.read_text(), filename=str(path))
-            for func in ast.walk(tree):
-                if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
-                    continue
-                for node in ast.walk(func):
-                    if isinstance(node, ast.ImportFrom):
-                        names = [node.module or ""]
-                    elif isinstance(node, ast.Import):
-                        names = [alias.name for alias in node.names]
-                    else:
-                        continue
-                    if any(name.split(".")[0] in project for name in names):
-                        found.append(f"{path.relative_to(root)}:{node.lineno} {names[0]}")
-    assert not found, found
+    for path in sorted((root / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        inside = {
+            id(node)
+            for func in ast.walk(tree)
+            if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(func)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] in PROJECT:
+                    where = "function" if id(node) in inside else "module"
+                    found.append((f"{path.relative_to(root)}:{node.lineno}", where, name))
+    return found
+
+
+PROJECT = {"app", "gallery", "training", "bench"}
+FLOORS = {"gallery": {"gallery"}, "app": {"app", "gallery"}}  # what each may import
+
+
+def test_floors_import_one_way() -> None:
+    """gallery ← app ← training: gallery imports neither app nor training, app not training."""
+    wrong = [
+        (where, name)
+        for package, allowed in FLOORS.items()
+        for where, _, name in _project_imports(package)
+        if name.split(".")[0] not in allowed
+    ]
+    assert not wrong, wrong
+
+
+def test_no_module_imports_another_inside_a_function() -> None:
+    """A project import hidden in a function body would let a cycle back in unseen. (app/cli.py
+    loads command modules by name with importlib: the one deliberate late binding.)"""
+    hidden = [
+        (where, name)
+        for package in FLOORS
+        for where, kind, name in _project_imports(package)
+        if kind == "function"
+    ]
+    assert not hidden, hidden
