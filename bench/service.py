@@ -104,7 +104,7 @@ class Inputs:
 
 
 @dataclass(frozen=True)
-class Photo:
+class BenchPhoto:
     """One catalogue photo as the benchmark uses it: name, truth, JPEG bytes."""
 
     image: str
@@ -147,7 +147,7 @@ def check_runs(manifest: Manifest, runs: Sequence[Path]) -> None:
 
 def held_out(
     run_dir: Path, catalogue: Path | None, quick: bool, limit: int | None
-) -> tuple[list[Photo], list[Photo]]:
+) -> tuple[list[BenchPhoto], list[BenchPhoto]]:
     """(gallery, queries): the run's training and open-set gallery photos, and its held-out
     photos (the closed-set fold and the open-set queries, new individuals included)."""
     from training.runs import Run
@@ -157,10 +157,10 @@ def held_out(
     by_name = {p.image: p for p in run.photos}
     images = catalogue / run.config.data.images if catalogue is not None else None
 
-    def photo(name: str) -> Photo:
+    def photo(name: str) -> BenchPhoto:
         p = by_name[name]
         path = images / name if images is not None else p.path
-        return Photo(name, p.individual_id, p.species, path.read_bytes())
+        return BenchPhoto(name, p.individual_id, p.species, path.read_bytes())
 
     query_names = splits.val + splits.open_set.queries
     gallery_names = splits.train + splits.open_set.gallery
@@ -209,7 +209,7 @@ class Measure:
 
 
 def time_serial(
-    key: str, name: str, identify: Callable[[Photo], str], queries: Sequence[Photo], repeat: int
+    key: str, name: str, identify: Callable[[BenchPhoto], str], queries: Sequence[BenchPhoto], repeat: int
 ) -> Measure:
     """One photo after another, `repeat` passes; the first pass's answers are the top-1s."""
     identify(queries[0])  # warm-up: first-call allocations are not what we measure
@@ -229,7 +229,7 @@ def time_serial(
 class GalleryData:
     """The gallery photos embedded by the bundle's pipeline: vectors, crops, integer labels."""
 
-    def __init__(self, pipeline: Pipeline, photos: Sequence[Photo], batch: int = 32) -> None:
+    def __init__(self, pipeline: Pipeline, photos: Sequence[BenchPhoto], batch: int = 32) -> None:
         self.photos = list(photos)
         names = sorted({p.individual_id for p in self.photos})
         self.individuals = names
@@ -303,7 +303,7 @@ class Raw:
             parts.append(l2_normalize(out.sum(axis=0, keepdims=True)))
         return combine(parts, self.weights)
 
-    def __call__(self, photo: Photo) -> str:
+    def __call__(self, photo: BenchPhoto) -> str:
         img = decode_image(photo.content, name=photo.image)  # the service's decoding
         vector = self.embed(crop_box(img, self.box(img), self.manifest.box_padding))
         sims, ids = self.index.search(vector, min(HITS, self.index.ntotal))
@@ -346,10 +346,10 @@ def fill_gallery(url: str, pipeline: Pipeline, gallery: GalleryData) -> None:
         g.import_images(items)
 
 
-def time_http(server: Server, queries: Sequence[Photo], repeat: int, concurrency: int) -> Measure:
+def time_http(server: Server, queries: Sequence[BenchPhoto], repeat: int, concurrency: int) -> Measure:
     """POST /identify for every query (`repeat` passes) from `concurrency` client threads."""
 
-    def post(client: httpx.Client, photo: Photo) -> tuple[float, str, dict[str, float]]:
+    def post(client: httpx.Client, photo: BenchPhoto) -> tuple[float, str, dict[str, float]]:
         t0 = time.perf_counter()
         response = client.post(
             "/identify",
@@ -472,7 +472,7 @@ class SeedStyle:
                 parts.append(out * spec.weight**0.5)
             return normalize(torch.cat(parts, dim=1), dim=1).cpu().numpy()
 
-    def __call__(self, photo: Photo) -> str:
+    def __call__(self, photo: BenchPhoto) -> str:
         img = self.decode(photo.content)
         crop = self.detect(img)
         box = None if crop is None else pad_box(crop.box, self.manifest.box_padding, img.size)
@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure_raw(
-    bundle: Path, gallery: GalleryData, device: str, queries: Sequence[Photo], repeat: int
+    bundle: Path, gallery: GalleryData, device: str, queries: Sequence[BenchPhoto], repeat: int
 ) -> tuple[Measure, Measure]:
     """(a) the bundle's models called back to back, and (a′) the same with spinning on."""
     log("(a) raw onnxruntime")
@@ -562,7 +562,7 @@ def measure_seed(
     inputs: Inputs,
     manifest: Manifest,
     gallery: GalleryData,
-    queries: Sequence[Photo],
+    queries: Sequence[BenchPhoto],
     repeat: int,
 ) -> tuple[Measure, int]:
     """(c) the seed-style torch pipeline; returns its row and the torch threads it ran on."""
@@ -587,7 +587,7 @@ def measure_service(
     bundle: Path,
     pipeline: Pipeline,
     gallery: GalleryData,
-    queries: Sequence[Photo],
+    queries: Sequence[BenchPhoto],
     repeat: int,
 ) -> list[Measure]:
     """(b) `whaleid serve` over HTTP, at each concurrency."""

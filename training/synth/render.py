@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from training.synth.shapes import Individual
 
-__all__ = ["FinTexture", "Photo", "fin_texture", "render_photo"]
+__all__ = ["FinTexture", "Rendering", "fin_texture", "render_photo"]
 
 PX_PER_UNIT = 256  # canonical resolution: a fin 1 unit high is 256 px, more than any photo needs
 _SUPERSAMPLE = 2  # drawn at twice the size, then averaged down: antialiased edges
@@ -35,7 +35,7 @@ class FinTexture:
 
 
 @dataclass(frozen=True)
-class Photo:
+class Rendering:
     image: np.ndarray  # (H, W, 3) uint8
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, clipped to the frame
     fin_mask: np.ndarray  # (H, W) float32 in [0, 1]: the whole fin, before any occlusion
@@ -250,7 +250,7 @@ def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     return tri * np.float32(sigma / 104.2)  # 104.2: std of the sum of two uniform bytes
 
 
-def render_photo(tex: FinTexture, rng: np.random.Generator, size: tuple[int, int]) -> Photo:
+def render_photo(tex: FinTexture, rng: np.random.Generator, size: tuple[int, int]) -> Rendering:
     """One photo of the textured fin, `size` = (width, height); everything else from `rng`."""
     w, h = size
     hmat, outline = _place(rng, tex, w, h)
@@ -307,4 +307,4 @@ def render_photo(tex: FinTexture, rng: np.random.Generator, size: tuple[int, int
     mask = np.zeros((h, w), dtype=np.float32)
     mask[ry0:ry1, rx0:rx1] = fin_a[:, :, 0]
     x1, y1, x2, y2 = (float(v) for v in box)
-    return Photo(image=pixels, box=(x1, y1, x2, y2), fin_mask=mask)
+    return Rendering(image=pixels, box=(x1, y1, x2, y2), fin_mask=mask)

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from gallery.errors import WhaleidError
-from training.synth.render import FinTexture, Photo, fin_texture, render_photo
+from training.synth.render import FinTexture, Rendering, fin_texture, render_photo
 from training.synth.shapes import Individual, Species, make_individual, make_species, stable_hex
 
 __all__ = [
@@ -100,7 +100,7 @@ def individual(seed: int, index: int, kinds: list[Species]) -> Individual:
 
 def render(
     seed: int, index: int, photo: int, tex: FinTexture, size: tuple[int, int]
-) -> tuple[str, Photo]:
+) -> tuple[str, Rendering]:
     """Photo `photo` of individual `index`: its file name and pixels, box and fin mask."""
     name = f"{stable_hex(seed, 'photo', index, photo)}.jpg"
     return name, render_photo(tex, _rng(seed, _PHOTO, index, photo), size)
