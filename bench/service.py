@@ -209,7 +209,11 @@ class Measure:
 
 
 def time_serial(
-    key: str, name: str, identify: Callable[[BenchPhoto], str], queries: Sequence[BenchPhoto], repeat: int
+    key: str,
+    name: str,
+    identify: Callable[[BenchPhoto], str],
+    queries: Sequence[BenchPhoto],
+    repeat: int,
 ) -> Measure:
     """One photo after another, `repeat` passes; the first pass's answers are the top-1s."""
     identify(queries[0])  # warm-up: first-call allocations are not what we measure
@@ -346,7 +350,9 @@ def fill_gallery(url: str, pipeline: Pipeline, gallery: GalleryData) -> None:
         g.import_images(items)
 
 
-def time_http(server: Server, queries: Sequence[BenchPhoto], repeat: int, concurrency: int) -> Measure:
+def time_http(
+    server: Server, queries: Sequence[BenchPhoto], repeat: int, concurrency: int
+) -> Measure:
     """POST /identify for every query (`repeat` passes) from `concurrency` client threads."""
 
     def post(client: httpx.Client, photo: BenchPhoto) -> tuple[float, str, dict[str, float]]:
