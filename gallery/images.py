@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gallery.errors import GalleryInputError, NotFoundError
+from gallery.errors import GalleryInputError, NotFoundError, StoreUnavailableError
 from gallery.photos import PhotoStore, content_hash
 from gallery.records import ImageRecord, NewEntry, NewImage, RegisteredImage
 from gallery.rules import check_individual_id, check_label, check_metadata
@@ -79,7 +79,10 @@ def add_images(
     by content hash: see SqlStore.add_images for what a photo already stored answers."""
     entries = new_entries(items=items, dim=dim)
     if photos is not None:
-        photos.put_many([item.image.content for item in items])
+        try:
+            photos.put_many([item.image.content for item in items])
+        except OSError as exc:  # a full disk, a read-only folder: nothing is committed
+            raise StoreUnavailableError(f"cannot keep the photos in {photos.root}: {exc}") from exc
     return store.add_images(entries=entries, fingerprint=fingerprint, on_conflict=on_conflict)
 
 

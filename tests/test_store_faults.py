@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures.bundle import make_toy_bundle
+from fixtures.gallery import unit_vectors
 from fixtures.service import start_server
 from PIL import Image
+
+from gallery.errors import StoreUnavailableError
+from gallery.gallery import Gallery, NewImage
 
 
 def _photo(seed: int) -> bytes:
@@ -70,3 +74,14 @@ def test_read_only_store_answers_503_and_identify_goes_on(tmp_path: Path) -> Non
         if frozen:
             _chattr("-i", files)
         server.stop()
+
+
+def test_photos_that_cannot_be_kept_refuse_the_registration(tmp_path: Path) -> None:
+    """The photo folder cannot be written (here: its parent is a file): 503, nothing stored."""
+    (tmp_path / "blocker").write_bytes(b"a file where a folder should be")
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    with Gallery.open(url, fingerprint="f" * 64, dim=8, photos_dir=tmp_path / "blocker" / "p") as g:
+        image = NewImage(b"photo", "a.jpg", unit_vectors(1, 8)[0])
+        with pytest.raises(StoreUnavailableError, match="cannot keep the photos"):
+            g.register(individual_id="fin-1", species=None, images=[image])
+        assert g.size == 0 and g.store.count_images() == 0
