@@ -51,8 +51,9 @@ class ModelChangedError(ConflictError):
     """A write with embeddings of a model the gallery no longer uses (it was re-embedded)."""
 
 
-class Disconnected(Exception):
-    """The connection dropped before the transaction committed (nothing was written)."""
+class Disconnected(StoreUnavailableError):
+    """The connection dropped before the transaction committed (nothing was written). A call
+    that is not `@retried` (a streaming scan) passes it on: unavailable, try again."""
 
 
 def retried(method: Callable[P, R]) -> Callable[P, R]:
