@@ -15,7 +15,7 @@ from app.cli import main
 from training.synth import make_catalogue
 from training.synth.render import fin_texture
 from training.synth.shapes import make_species
-from training.synth.writer import encode_jpeg, individual, render
+from training.synth.writer import SIDES, encode_jpeg, individual, render, textures
 
 SPEC = ["--individuals", "40", "--photos", "6", "--species", "3"]
 
@@ -184,6 +184,7 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
         (["--individuals", "-3"], "--individuals must be at least 1"),
         (["--species", "5", "--individuals", "2"], "--species (5) cannot exceed --individuals"),
         (["--seed", "-1"], "--seed"),
+        (["--sides", "3"], "--sides"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
@@ -218,3 +219,37 @@ def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     captured = capsys.readouterr()
     assert "6/6" in captured.err and "100%" in captured.err  # tqdm writes to stderr
     assert "wrote 6 photos of 3 individuals" in captured.out
+
+
+def test_two_sided_catalogue_has_viewpoints(tmp_path: Path) -> None:
+    small = ["--individuals", "6", "--photos", "4", "--species", "2", "--size", "128x96"]
+    c1, c2 = tmp_path / "c1", tmp_path / "c2"
+    for out in (c1, c2):
+        assert main(["synth", "--out", str(out), *small, "--sides", "2", "--quiet"]) == 0
+    assert _tree(c1) == _tree(c2)
+    rows = _rows(c1 / "train.csv")
+    assert list(rows[0]) == ["image", "species", "individual_id", "viewpoint"]
+    by_individual: dict[str, list[str]] = {}
+    for r in rows:
+        by_individual.setdefault(r["individual_id"], []).append(r["viewpoint"])
+    # Photos alternate faces: every animal is seen twice from each side.
+    assert all(sorted(v) == ["left", "left", "right", "right"] for v in by_individual.values())
+    assert json.loads((c1 / "synth.json").read_text())["sides"] == 2
+
+
+def test_a_fins_two_faces_share_the_outline_not_the_marks() -> None:
+    kinds = make_species(3)
+    for index in range(5):
+        ind = individual(0, index, kinds)
+        (near, far), first = textures(0, index, ind, sides=2)
+        assert first in (0, 1) and len(SIDES) == 2
+        shade_near, alpha_near, _ = (np.asarray(c, dtype=np.float32) for c in near.image.split())
+        shade_far, alpha_far, _ = (np.asarray(c, dtype=np.float32) for c in far.image.split())
+        # The far face is the near face's silhouette seen from behind: mirrored...
+        assert np.abs(alpha_far - alpha_near[:, ::-1]).mean() < 1.0
+        # ...with skin marks of its own (scars and pigment differ, not mirror images).
+        fin = alpha_near[:, ::-1] > 128
+        assert np.abs(shade_far - shade_near[:, ::-1])[fin].mean() > 2.0
+        # One-sided catalogues draw the near face exactly as before sides existed.
+        (only,), zero = textures(0, index, ind, sides=1)
+        assert zero == 0 and np.array_equal(np.asarray(only.image), np.asarray(near.image))

@@ -27,7 +27,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             "Make a synthetic photo-ID catalogue: dorsal fins whose identity lies in their "
             "silhouette and marks (notches, scars, pigment), photographed at random scale, pose, "
             "light and colour over sea and sky. Writes images/, train.csv "
-            "(image,species,individual_id), labels/ (YOLO, class 0 = fin), boxes.csv "
+            "(image,species,individual_id[,viewpoint]), labels/ (YOLO, class 0 = fin), boxes.csv "
             "(image,x1,y1,x2,y2) and synth.json. The same arguments give byte-identical files."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -37,6 +37,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--photos", type=int, default=6, help="photos per individual")
     parser.add_argument("--species", type=int, default=3, help="number of species")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--sides",
+        type=int,
+        default=1,
+        help="faces per fin (1 or 2): 2 draws each fin's left and right face with their own "
+        "scars and pigment, alternates them over its photos and writes a viewpoint column",
+    )
     parser.add_argument(
         "--size", type=_size, default=(512, 384), metavar="WxH", help="photo size in pixels"
     )
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         species=args.species,
         seed=args.seed,
         image_size=args.size,
+        sides=args.sides,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from training.synth.shapes import Individual
 
@@ -46,8 +46,9 @@ def _to_canvas(pts: np.ndarray, origin: tuple[float, float], scale: float) -> np
     return np.stack([(pts[:, 0] - origin[0]) * scale, (origin[1] - pts[:, 1]) * scale], axis=1)
 
 
-def fin_texture(ind: Individual) -> FinTexture:
-    """Draw `ind` flat: silhouette, marks and a stretch of back either side of the fin."""
+def fin_texture(ind: Individual, *, mirrored: bool = False) -> FinTexture:
+    """Draw `ind` flat: silhouette, marks and a stretch of back either side of the fin.
+    `mirrored` draws it as seen from the other side (the far face of a fin: `other_side`)."""
     # The back is a low arc whose size follows the base alone: it adds no identity of its own.
     back_half, back_top = ind.base / 2 + 0.45, 0.1 + 0.05 * min(ind.base, 2.0)
     cx = ind.base / 2
@@ -92,7 +93,11 @@ def fin_texture(ind: Individual) -> FinTexture:
     shade = Image.composite(shade, Image.new("L", size, _BASE_SHADE), fin)
 
     image = Image.merge("RGB", (shade, fin, back))
-    return FinTexture(image=image, outline=_to_canvas(ind.outline, origin, PX_PER_UNIT))
+    outline = _to_canvas(ind.outline, origin, PX_PER_UNIT)
+    if mirrored:
+        image = ImageOps.mirror(image)
+        outline = np.stack([size[0] - outline[:, 0], outline[:, 1]], axis=1)
+    return FinTexture(image=image, outline=outline)
 
 
 def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ __all__ = [
     "Species",
     "make_individual",
     "make_species",
+    "other_side",
     "stable_hex",
 ]
 
@@ -223,6 +224,12 @@ def _points_inside(rng: np.random.Generator, outline: np.ndarray, n: int) -> np.
 def _marks(
     rng: np.random.Generator, outline: np.ndarray
 ) -> tuple[list[Notch], list[Scar], list[Patch]]:
+    notches = _notches(rng)
+    scars, patches = _skin_marks(rng, outline)
+    return notches, scars, patches
+
+
+def _notches(rng: np.random.Generator) -> list[Notch]:
     notches = []
     for position in np.sort(rng.uniform(0.12, 0.9, size=int(rng.integers(1, 5)))):
         notches.append(
@@ -233,6 +240,12 @@ def _marks(
                 rounded=bool(rng.random() < 0.5),
             )
         )
+    return notches
+
+
+def _skin_marks(rng: np.random.Generator, outline: np.ndarray) -> tuple[list[Scar], list[Patch]]:
+    """Scars, rake marks and pigment patches: marks of one face of the fin, unlike notches,
+    which cut through it and show on both faces."""
     scars: list[Scar] = []
     n_scars = int(rng.integers(0, 4))
     n_rakes = int(rng.integers(0, 3))
@@ -276,7 +289,7 @@ def _marks(
                 float(tone),
             )
         )
-    return notches, scars, patches
+    return scars, patches
 
 
 def make_individual(rng: np.random.Generator, individual_id: str, species: Species) -> Individual:
@@ -290,6 +303,22 @@ def make_individual(rng: np.random.Generator, individual_id: str, species: Speci
         outline=carved,
         base=base,
         notches=tuple(notches),
+        scars=tuple(scars),
+        patches=tuple(patches),
+    )
+
+
+def other_side(rng: np.random.Generator, ind: Individual) -> Individual:
+    """The other face of `ind`'s fin, drawn in the same fin units: the same silhouette and
+    notches (they cut through the fin), its own scars and pigment (a face's skin is its own).
+    Rendered mirrored, as the far side of a fin is seen."""
+    scars, patches = _skin_marks(rng, ind.outline)
+    return Individual(
+        id=ind.id,
+        species=ind.species,
+        outline=ind.outline,
+        base=ind.base,
+        notches=ind.notches,
         scars=tuple(scars),
         patches=tuple(patches),
     )

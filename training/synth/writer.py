@@ -19,10 +19,18 @@ from tqdm import tqdm
 
 from gallery.errors import WhaleidError
 from training.synth.render import FinTexture, Rendering, fin_texture, render_photo
-from training.synth.shapes import Individual, Species, make_individual, make_species, stable_hex
+from training.synth.shapes import (
+    Individual,
+    Species,
+    make_individual,
+    make_species,
+    other_side,
+    stable_hex,
+)
 
 __all__ = [
     "OUTPUTS",
+    "SIDES",
     "CatalogueSummary",
     "SynthError",
     "encode_jpeg",
@@ -35,7 +43,11 @@ FORMAT_VERSION = 1
 JPEG_QUALITY = 92
 # What a catalogue consists of; --overwrite removes these and nothing else.
 OUTPUTS = ("images", "labels", "train.csv", "boxes.csv", "synth.json")
-_INDIVIDUAL, _PHOTO = 0, 1  # first spawn-key element: keeps the two kinds of stream apart
+# First spawn-key element: keeps the kinds of stream apart. The far side has a stream of its
+# own, so a one-sided catalogue is byte-identical to what it was before sides existed.
+_INDIVIDUAL, _PHOTO, _SIDE = 0, 1, 2
+# Viewpoint labels of a two-sided catalogue: the near face of the fin, then the far one.
+SIDES = ("left", "right")
 
 
 class SynthError(WhaleidError):
@@ -50,6 +62,7 @@ class CatalogueSummary:
     individuals: int
     photos: int  # in total
     species: tuple[str, ...]
+    sides: int
     image_size: tuple[int, int]
     train_csv: Path
     boxes_csv: Path
@@ -57,7 +70,9 @@ class CatalogueSummary:
     labels_dir: Path
 
 
-def _check(individuals: int, photos: int, species: int, seed: int, size: tuple[int, int]) -> None:
+def _check(
+    individuals: int, photos: int, species: int, seed: int, size: tuple[int, int], sides: int
+) -> None:
     for name, value in (("individuals", individuals), ("photos", photos), ("species", species)):
         if value < 1:
             raise SynthError(f"--{name} must be at least 1, got {value}")
@@ -68,6 +83,8 @@ def _check(individuals: int, photos: int, species: int, seed: int, size: tuple[i
         )
     if seed < 0:
         raise SynthError(f"--seed must be 0 or more, got {seed}")
+    if sides not in (1, 2):
+        raise SynthError(f"--sides must be 1 or 2, got {sides}")
     if len(size) != 2 or min(size) < 32:
         raise SynthError(f"--size must be at least 32x32 pixels, got {size[0]}x{size[1]}")
 
@@ -98,6 +115,17 @@ def individual(seed: int, index: int, kinds: list[Species]) -> Individual:
     return make_individual(_rng(seed, _INDIVIDUAL, index), ind_id, kinds[index % len(kinds)])
 
 
+def textures(seed: int, index: int, ind: Individual, sides: int) -> tuple[list[FinTexture], int]:
+    """The textures of `ind`'s photographed faces (near face first) and the face its first
+    photo shows; photos alternate faces from there, so every animal with two or more photos
+    is seen from both sides."""
+    if sides == 1:
+        return [fin_texture(ind)], 0
+    rng = _rng(seed, _SIDE, index)
+    first = int(rng.integers(2))
+    return [fin_texture(ind), fin_texture(other_side(rng, ind), mirrored=True)], first
+
+
 def render(
     seed: int, index: int, photo: int, tex: FinTexture, size: tuple[int, int]
 ) -> tuple[str, Rendering]:
@@ -120,34 +148,40 @@ def make_catalogue(
     species: int,
     seed: int,
     image_size: tuple[int, int] = (512, 384),
+    sides: int = 1,
     overwrite: bool = False,
     progress: bool = False,
 ) -> CatalogueSummary:
     """Write a catalogue of `individuals` × `photos` photos (`image_size` = width, height) to
-    `out`. Individuals are spread evenly over `species`. Raises SynthError for bad arguments or a
-    non-empty `out` without `overwrite` (then only the catalogue's own files are replaced)."""
+    `out`. Individuals are spread evenly over `species`. With `sides=2` each fin has two faces
+    with their own scars and pigment (silhouette and notches shared, the far face mirrored),
+    photos alternate faces, and train.csv gets a `viewpoint` column (`left`, `right`). Raises
+    SynthError for bad arguments or a non-empty `out` without `overwrite` (then only the
+    catalogue's own files are replaced)."""
     out = Path(out)
     w, h = (int(v) for v in image_size)
-    _check(individuals, photos, species, seed, (w, h))
+    _check(individuals, photos, species, seed, (w, h), sides)
     _prepare(out, overwrite)
     kinds = make_species(species)
 
     ids: list[str] = []
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
     boxes: dict[str, tuple[float, float, float, float]] = {}
     bar = tqdm(total=individuals * photos, desc="synth", unit="photo", disable=not progress)
     with bar:
         for i in range(individuals):
             ind = individual(seed, i, kinds)
             ids.append(ind.id)
-            tex = fin_texture(ind)
+            faces, first = textures(seed, i, ind, sides)
             for j in range(photos):
-                name, photo = render(seed, i, j, tex, (w, h))
+                face = (first + j) % len(faces)
+                name, photo = render(seed, i, j, faces[face], (w, h))
                 if name in boxes:  # 48 bits of hash: never in practice, but never silently
                     raise SynthError(f"image name clash at individual {i}, photo {j}")
                 (out / "images" / name).write_bytes(encode_jpeg(photo.image))
                 boxes[name] = photo.box
-                rows.append((name, ind.species.name, ind.id))
+                row = (name, ind.species.name, ind.id)
+                rows.append((*row, SIDES[face]) if sides == 2 else row)
                 bar.update()
     if len(set(ids)) != len(ids):
         raise SynthError("individual id clash; choose another --seed")
@@ -160,6 +194,7 @@ def make_catalogue(
         "photos_per_individual": photos,
         "species": [{"name": k.name, "fin_family": k.family.name} for k in kinds],
         "seed": seed,
+        "sides": sides,
         "image_size": [w, h],
         "jpeg_quality": JPEG_QUALITY,
         "box_classes": ["fin"],
@@ -170,6 +205,7 @@ def make_catalogue(
         individuals=individuals,
         photos=len(rows),
         species=tuple(k.name for k in kinds),
+        sides=sides,
         image_size=(w, h),
         train_csv=out / "train.csv",
         boxes_csv=out / "boxes.csv",
@@ -180,12 +216,13 @@ def make_catalogue(
 
 def _write_tables(
     out: Path,
-    rows: list[tuple[str, str, str]],
+    rows: list[tuple[str, ...]],
     boxes: dict[str, tuple[float, float, float, float]],
     size: tuple[int, int],
 ) -> None:
     w, h = size
-    train = ["image,species,individual_id"] + [",".join(r) for r in rows]
+    header = "image,species,individual_id" + (",viewpoint" if rows and len(rows[0]) == 4 else "")
+    train = [header] + [",".join(r) for r in rows]
     (out / "train.csv").write_text("\n".join(train) + "\n")
     lines = ["image,x1,y1,x2,y2"]
     for name, *_ in rows:
