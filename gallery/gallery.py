@@ -36,6 +36,7 @@ from gallery.records import (
 )
 from gallery.snapshot import SnapshotHeader, read_snapshot, read_snapshot_header, write_snapshot
 from gallery.store import SqlStore, open_store
+from gallery.store.base import KEEP, Keep
 
 __all__ = [
     "Candidate",
@@ -48,6 +49,9 @@ __all__ = [
     "IndividualDetail",
     "NewImage",
     "RegisteredImage",
+    "merge_individuals",
+    "rename_individual",
+    "update_individual",
 ]
 
 log = logging.getLogger(__name__)
@@ -427,13 +431,30 @@ class Gallery:
                 self.photos.delete(digest)
 
     def rename(self, old: str, new: str) -> None:
-        _check_individual_id(new)
-        self.store.rename(old=old, new=new)
+        rename_individual(self.store, old=old, new=new)
         self.refresh()
 
     def merge(self, a: str, b: str) -> None:
         """Merge individual `a` into `b`: b keeps its id and gains a's images; a is gone."""
-        self.store.merge(source=a, target=b)
+        merge_individuals(self.store, source=a, target=b)
+        self.refresh()
+
+    def update(
+        self,
+        individual_id: str,
+        *,
+        new_id: str | None = None,
+        species: str | Keep | None = KEEP,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Rename an individual and/or set its species and metadata, in one transaction."""
+        update_individual(
+            self.store,
+            individual_id=individual_id,
+            new_id=new_id,
+            species=species,
+            metadata=metadata,
+        )
         self.refresh()
 
     # -- reads ---------------------------------------------------------------------------------
@@ -556,6 +577,35 @@ class Gallery:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# The store-level edits, shared by Gallery (the service) and `whaleid gallery` (the store
+# alone), so both check a new id by the same rule.
+
+
+def update_individual(
+    store: SqlStore,
+    *,
+    individual_id: str,
+    new_id: str | None = None,
+    species: str | Keep | None = KEEP,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    if new_id is not None:
+        _check_individual_id(new_id)
+    store.update_individual(
+        individual_id=individual_id, new_id=new_id, species=species, metadata=metadata
+    )
+
+
+def rename_individual(store: SqlStore, *, old: str, new: str) -> None:
+    update_individual(store, individual_id=old, new_id=new)
+
+
+def merge_individuals(store: SqlStore, *, source: str, target: str) -> None:
+    """Merge `source` into `target`: target keeps its id and gains source's images."""
+    _check_individual_id(target)
+    store.merge(source=source, target=target)
 
 
 def _check_individual_id(individual_id: str) -> None:

@@ -13,8 +13,9 @@ from fixtures.service import (
     GALLERY_PHOTOS,
     Server,
     catalogue_photos,
+    next_frame,
 )
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from app.manifest import Manifest
 
@@ -69,17 +70,6 @@ def test_top_k_and_species_filter(service: Server, catalogue: Path) -> None:
         bad = client.post("/identify", files=jpeg_part(query), data={"top_k": "0"})
     assert three.status_code == 200 and len(three.json()["predictions"]) == 3
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_field"
-
-
-def next_frame(path: Path) -> bytes:
-    """The same scene a moment later: slightly reframed, brighter, encoded again."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    moved = img.crop((w // 40, h // 50, w - w // 60, h - h // 40))
-    moved = ImageEnhance.Brightness(moved).enhance(1.06)
-    buf = io.BytesIO()
-    moved.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
 
 
 def test_registered_individual_ranks_first_and_survives_a_restart(

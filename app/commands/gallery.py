@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from app.decode import decode_image
 from gallery.errors import WhaleidError
+from gallery.gallery import merge_individuals, rename_individual
 from gallery.photos import PhotoStore, content_hash, resolve_photos_dir
 from gallery.store import SqlStore, open_store
 
@@ -117,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "delete":
             _delete(store, url, args.photos_dir, args.id, image=args.image)
         elif args.action == "rename":
-            store.rename(old=args.old, new=args.new)
+            rename_individual(store, old=args.old, new=args.new)
             print(f"renamed {args.old} to {args.new}")
         elif args.action == "merge":
-            store.merge(source=args.a, target=args.b)
+            merge_individuals(store, source=args.a, target=args.b)
             print(f"merged {args.a} into {args.b}")
         elif args.action == "export":
             if args.out is None:

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
@@ -35,11 +36,20 @@ from gallery.records import (
 )
 from gallery.store.migrations import latest_version, render
 
-__all__ = ["ModelChangedError", "SchemaError", "SqlStore", "StoreInfo"]
+__all__ = ["KEEP", "Keep", "ModelChangedError", "SchemaError", "SqlStore", "StoreInfo"]
 
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's parameter limit
 
 Cursor = Any  # sqlite3.Cursor | psycopg.Cursor: both DB-API cursors
+
+
+class Keep(Enum):
+    """A field an update leaves as it is (None means "unknown" for some fields)."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
 
 
 class SchemaError(WhaleidError):
@@ -379,23 +389,50 @@ class SqlStore(ABC):
 
     def rename(self, *, old: str, new: str) -> None:
         """Give an individual a new id (its images follow). The new id must be free."""
+        self.update_individual(individual_id=old, new_id=new)
+
+    def update_individual(
+        self,
+        *,
+        individual_id: str,
+        new_id: str | None = None,
+        species: str | Keep | None = KEEP,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Rename an individual, set its species (None: unknown) and replace its metadata, in one
+        transaction; what is left out (KEEP, None) stays as it is."""
         with self._transaction(write=True) as cur:
-            self._require(cur, old)
-            taken = self._exec(cur, "SELECT 1 FROM individuals WHERE id = ?", (new,)).fetchone()
-            if taken is not None:
-                raise ConflictError(
-                    f"individual {new!r} already exists: merge {old!r} into it instead"
+            self._require(cur, individual_id)
+            current = individual_id
+            if new_id is not None and new_id != individual_id:
+                self._rename(cur, individual_id, new_id)
+                current = new_id
+            if species is not KEEP:
+                self._exec(
+                    cur, "UPDATE individuals SET species = ? WHERE id = ?", (species, current)
                 )
-            self._exec(
-                cur,
-                "INSERT INTO individuals (id, species, created, metadata) "
-                "SELECT ?, species, created, metadata FROM individuals WHERE id = ?",
-                (new, old),
-            )
-            self._log(cur, "species", None, new)
-            self._move_images(cur, old, new)
-            self._exec(cur, "DELETE FROM individuals WHERE id = ?", (old,))
+                self._log(cur, "species", None, current)
+            if metadata is not None:
+                self._exec(
+                    cur,
+                    "UPDATE individuals SET metadata = ? WHERE id = ?",
+                    (json.dumps(metadata), current),
+                )
             self._notify(cur)
+
+    def _rename(self, cur: Cursor, old: str, new: str) -> None:
+        taken = self._exec(cur, "SELECT 1 FROM individuals WHERE id = ?", (new,)).fetchone()
+        if taken is not None:
+            raise ConflictError(f"individual {new!r} already exists: merge {old!r} into it instead")
+        self._exec(
+            cur,
+            "INSERT INTO individuals (id, species, created, metadata) "
+            "SELECT ?, species, created, metadata FROM individuals WHERE id = ?",
+            (new, old),
+        )
+        self._log(cur, "species", None, new)
+        self._move_images(cur, old, new)
+        self._exec(cur, "DELETE FROM individuals WHERE id = ?", (old,))
 
     def merge(self, *, source: str, target: str) -> None:
         """Merge individual `source` into `target`: its images move, `source` disappears."""
