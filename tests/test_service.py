@@ -218,12 +218,17 @@ def test_review_page_and_evidence_thumbnails(service: Server, catalogue: Path) -
     query = photos[next(iter(photos))][GALLERY_PHOTOS]
     with service.client(service.read_key) as client:
         page = client.get("/review")
+        script = client.get("/review/review.js")
+        style = client.get("/review/review.css")
         answer = client.post("/identify", files=jpeg_part(query)).json()
         evidence = next(p["evidence"] for p in answer["predictions"] if p["evidence"])
         thumb = client.get(f"/gallery/images/{evidence['image_id']}/thumbnail", params={"size": 64})
         missing = client.get("/gallery/images/999999/thumbnail")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "identify" in page.text
+    assert 'src="review/review.js"' in page.text and 'href="review/review.css"' in page.text
+    assert script.status_code == 200 and "text/javascript" in script.headers["content-type"]
+    assert '"identify?explain=1"' in script.text and "document.cookie" not in script.text
+    assert style.status_code == 200 and "text/css" in style.headers["content-type"]
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 64
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
