@@ -52,7 +52,7 @@ def browser() -> Iterator[Any]:
             options.add_argument(arg)
         options.add_argument("--window-size=1280,800")
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_window_size(1280, 800)
+    viewport(driver, 1280, 800)
     try:
         yield driver
     finally:
@@ -70,6 +70,21 @@ def screens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Any,
 
     yield shot
     print(f"\nreview page screenshots: {folder}")
+
+
+def viewport(driver: Any, width: int, height: int) -> None:
+    """The page's own size (not the window's, which includes the browser's frame)."""
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+
+
+def inside(driver: Any, selector: str) -> bool:
+    """The element is wholly in the viewport: usable without scrolling."""
+    script = (
+        "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+        "return r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight && r.right <= innerWidth;"
+    )
+    return bool(driver.execute_script(script, selector))
 
 
 def wait(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
@@ -159,6 +174,44 @@ def test_review_loop(
         "the evidence photo",
     )
     screens(browser, "02-candidates")
+    # At 1280 x 800 the query, the evidence, the candidates and the actions fit on one screen.
+    for selector in ("#query-img", "#evidence-img", "#candidates", "#confirm", "#skip"):
+        assert inside(browser, selector), selector
+
+    # Matched keypoints, where an answer carries them, are drawn from the query photo to the
+    # evidence photo (local matching is not in this service yet: the answer is given them).
+    ends = browser.execute_script(
+        """
+        const p = state.answer.predictions[state.picked];
+        const q = document.getElementById('query-img'), g = document.getElementById('evidence-img');
+        const record = state.photoRecords.get(p.evidence.image_id);
+        p.evidence.matches = [[0, 0, record.width, record.height],
+                              [q.naturalWidth, q.naturalHeight, 0, 0]];
+        drawLines();
+        const box = document.getElementById('compare').getBoundingClientRect();
+        const lines = [...document.querySelectorAll('#lines line')].map(l =>
+            ['x1', 'y1', 'x2', 'y2'].map(k => Number(l.getAttribute(k))));
+        const at = (r) =>
+            [r.left - box.left, r.top - box.top, r.right - box.left, r.bottom - box.top];
+        return {lines, q: at(q.getBoundingClientRect()), g: at(g.getBoundingClientRect())};
+        """
+    )
+    (qx, qy, qr, qb), (gx, gy, gr, gb) = ends["q"], ends["g"]
+    assert ends["lines"] == [
+        pytest.approx([qx, qy, gr, gb], abs=1.5),
+        pytest.approx([qr, qb, gx, gy], abs=1.5),
+    ]
+    screens(browser, "02b-match-lines")
+    browser.execute_script(
+        "delete state.answer.predictions[state.picked].evidence.matches; drawLines()"
+    )
+
+    # A tablet: nothing wider than the screen, the actions still there.
+    viewport(browser, 820, 1180)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 820
+    assert inside(browser, "#confirm")
+    screens(browser, "02c-tablet")
+    viewport(browser, 1280, 800)
 
     # "This is X": the photo is stored with X, the page says which image, and moves on.
     press(browser, "\n")
