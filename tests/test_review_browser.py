@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+ENTER = "\ue007"  # selenium's Keys.ENTER
 WAIT = 90.0  # seconds for the page to answer (identify on a loaded CPU)
 
 
@@ -214,7 +215,7 @@ def test_review_loop(
     viewport(browser, 1280, 800)
 
     # "This is X": the photo is stored with X, the page says which image, and moves on.
-    press(browser, "\n")
+    press(browser, ENTER)
     stored = wait(browser, lambda d: re.search(r"Stored .* as image (\d+)", notice(d)), "stored")
     image_id = int(stored.group(1))
     wait(browser, lambda d: current_name(d) == stranger.name, "the next photo")
@@ -301,7 +302,7 @@ def test_review_with_identify_open_and_no_write_key(
     press(browser, "1")
     if ids[0] == "new_individual":
         press(browser, "2")
-    press(browser, "\n")
+    press(browser, ENTER)
     missing = wait(browser, lambda d: "not stored" in notice(d) and notice(d), "the 401")
     assert "401 missing_key" in missing and "write key" in missing
     screens(browser, "07-no-key")
@@ -314,7 +315,7 @@ def test_review_with_identify_open_and_no_write_key(
         lambda d: d.execute_script("return !!document.getElementById('evidence-img').naturalWidth"),
         "the evidence photo",
     )
-    press(browser, "\n")
+    press(browser, ENTER)
     refused = wait(browser, lambda d: "not stored" in notice(d) and notice(d), "the 403")
     assert "403 forbidden" in refused and "scope read" in refused
     with edit_service.client(edit_service.read_key) as client:

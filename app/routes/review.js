@@ -164,7 +164,7 @@ async function renderQueue() {
 
 // -- one photo: identify, candidates, comparison -------------------------------------------------
 
-async function show(index) {
+async function show(index, message = "") {
   const ticket = ++state.shows;
   state.current = index;
   state.answer = null;
@@ -218,7 +218,7 @@ async function show(index) {
   renderCandidates();
   const first = answer.predictions.findIndex((p) => p.individual_id !== NEW);
   if (first >= 0) pick(first);
-  restoreUndo(item);
+  if (!restoreUndo(item) && message) notify(message);
 }
 
 function whenLoaded(img, fn) {
@@ -454,21 +454,22 @@ async function skip() {
   if (!item) return;
   Object.assign(item, { status: "skipped", individual: undefined, imageId: undefined, at: Date.now() });
   save();
-  notify(`skipped ${item.name}`);
-  await next();
+  await next(`skipped ${item.name}`);
 }
 
-async function next() {
+async function next(message = "") {
   const n = state.queue.length;
   for (let step = 1; step <= n; step++) {
     const i = (state.current + step) % n;
-    if (state.queue[i].status === "pending") return show(i);
+    if (state.queue[i].status === "pending") return show(i, message);
   }
-  renderQueue();
+  // All decided: the last photo again, its decision in the caption (and its undo, if any).
+  await show(state.current, message);
   $("progress").textContent = `all ${n} reviewed`;
 }
 
-// What was stored, and an undo (delete that image) for a minute after it was stored.
+// What was stored, and an undo (delete that image) for a minute after it was stored; false when
+// there is nothing to say.
 function restoreUndo(item) {
   clearInterval(state.undoTimer);
   const last = [...state.queue].filter((it) => it.imageId != null && it.created && Date.now() - it.at < UNDO_MS)
@@ -477,11 +478,11 @@ function restoreUndo(item) {
   if (!last) {
     if (item && item.status !== "pending" && item.imageId != null) {
       notify(`${item.name}: image ${item.imageId} of ${item.individual}${item.created ? "" : " (was already stored)"}`);
-    } else {
-      notice.hidden = true;
-      notice.replaceChildren();
+      return true;
     }
-    return;
+    notice.hidden = true;
+    notice.replaceChildren();
+    return false;
   }
   const verb = last.status === "new" ? "registered as new individual" : "added to";
   const text = document.createElement("span");
@@ -498,6 +499,7 @@ function restoreUndo(item) {
   notice.hidden = false;
   tick();
   state.undoTimer = setInterval(tick, 1000);
+  return true;
 }
 
 async function undo(item) {
@@ -528,7 +530,9 @@ function notify(message, error = false) {
 
 $("key").value = sessionStorage.getItem("whaleid-key") || "";
 $("key").addEventListener("change", () => {
-  sessionStorage.setItem("whaleid-key", $("key").value.trim());
+  const key = $("key").value.trim();
+  if (key === (sessionStorage.getItem("whaleid-key") || "")) return;
+  sessionStorage.setItem("whaleid-key", key);
   state.individuals.clear();
   state.photoRecords.clear();
   if (state.queue[state.current]) show(state.current);
