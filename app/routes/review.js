@@ -208,7 +208,7 @@ async function show(index, message = "") {
   if (ticket !== state.shows) return; // moved on meanwhile
   state.answer = answer;
   const crop = answer.crop
-    ? `crop ${(answer.crop.confidence * 100).toFixed(0)}%`
+    ? `crop box (detector ${(answer.crop.confidence * 100).toFixed(0)}%)`
     : "whole photo";
   $("query-caption").textContent = `${item.name} · ${crop}${decided}`;
   $("model").textContent =
