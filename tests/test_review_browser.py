@@ -1,7 +1,8 @@
 """The review page in a real headless Chromium against a real `whaleid serve`.
 
-A reviewer queues two photos, confirms the first as the individual it shows (and the gallery
-then holds it, and the next photo of that animal ranks it first), reloads without losing the
+A reviewer queues two photos, confirms the first as the individual it shows (the gallery then
+holds it, and the next frame of that photo ranks the individual first with the confirmed photo
+as evidence), reloads without losing the
 place, is refused the reserved id with the API's own message, registers a new individual and
 undoes it. A second server on the same gallery with WHALEID_OPEN_IDENTIFY shows that looking
 needs no key and that registering without a write key shows the API's refusal.
@@ -21,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.service import GALLERY_INDIVIDUALS, GALLERY_PHOTOS, Server, catalogue_photos
+from fixtures.service import (
+    GALLERY_INDIVIDUALS,
+    GALLERY_PHOTOS,
+    Server,
+    catalogue_photos,
+    next_frame,
+)
 
 from bench.server import ServeProcess
 
@@ -153,7 +160,6 @@ def test_review_loop(
     photos = catalogue_photos(catalogue)
     known = list(photos)[2]
     held_back = photos[known][GALLERY_PHOTOS]  # not in the gallery
-    second = photos[known][GALLERY_PHOTOS + 1]
     stranger = photos[list(photos)[GALLERY_INDIVIDUALS + 50]][0]
 
     open_page(browser, edit_service, edit_service.write_key)
@@ -226,9 +232,11 @@ def test_review_loop(
         assert {"id": image_id, "filename": held_back.name} in [
             {"id": i["id"], "filename": i["filename"]} for i in detail["images"]
         ]
-        files = {"image": (second.name, second.read_bytes(), "image/jpeg")}
+        # The next frame of the burst: the confirmed photo is what now answers it.
+        files = {"image": ("next-frame.jpg", next_frame(held_back), "image/jpeg")}
         answer = client.post("/identify", files=files).json()
-    assert answer["predictions"][0]["individual_id"] == known
+    top = answer["predictions"][0]
+    assert top["individual_id"] == known and top["evidence"]["image_id"] == image_id
 
     # A reload keeps the queue and the place in it.
     browser.refresh()
