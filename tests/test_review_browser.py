@@ -14,6 +14,7 @@ a temporary folder (or WHALEID_REVIEW_SCREENSHOTS), printed at the end.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -32,22 +33,29 @@ from fixtures.service import (
 
 from bench.server import ServeProcess
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+# Checked before any fixture is set up, so a machine without a browser starts no server for it.
+_MISSING = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)] + (
+    ["the selenium package"] if importlib.util.find_spec("selenium") is None else []
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(2700),
+    pytest.mark.skipif(
+        bool(_MISSING),
+        reason=f"no {', '.join(_MISSING)}: apt-get install chromium chromium-driver "
+        "(and pip install selenium) to run the review page in a browser",
+    ),
+]
 ENTER = "\ue007"  # selenium's Keys.ENTER
 WAIT = 90.0  # seconds for the page to answer (identify on a loaded CPU)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip(
-            f"no {CHROMIUM} / {CHROMEDRIVER}: apt-get install chromium chromium-driver "
-            "to run the review page in a browser"
-        )
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -155,7 +163,7 @@ def candidates_shown(driver: Any) -> list[str] | None:
 
 
 def test_review_loop(
-    edit_service: Server, catalogue: Path, browser: Any, screens: Callable[[Any, str], None]
+    browser: Any, screens: Callable[[Any, str], None], edit_service: Server, catalogue: Path
 ) -> None:
     photos = catalogue_photos(catalogue)
     known = list(photos)[2]
@@ -294,11 +302,11 @@ def open_service(
 
 
 def test_review_with_identify_open_and_no_write_key(
+    browser: Any,
+    screens: Callable[[Any, str], None],
     edit_service: Server,
     open_service: ServeProcess,
     catalogue: Path,
-    browser: Any,
-    screens: Callable[[Any, str], None],
 ) -> None:
     photos = catalogue_photos(catalogue)
     query = photos[list(photos)[3]][GALLERY_PHOTOS]
