@@ -1,11 +1,12 @@
 """The review page in a real headless Chromium against a real `whaleid serve`.
 
-A reviewer queues two photos, confirms the first as the individual it shows (the gallery then
-holds it, and the next frame of that photo ranks the individual first with the confirmed photo
-as evidence), reloads without losing the
-place, is refused the reserved id with the API's own message, registers a new individual and
-undoes it. A second server on the same gallery with WHALEID_OPEN_IDENTIFY shows that looking
-needs no key and that registering without a write key shows the API's refusal.
+A reviewer queues three photos; compares the first with its candidates (cycling through the
+picked individual's gallery photos) and confirms it (the gallery then holds it, and the next
+frame of that photo ranks the individual first with the confirmed photo as evidence); skips the
+second; reloads without losing the place; is refused the reserved id with the API's own
+message; registers a new individual and undoes it, all from the keyboard. A second server on
+the same gallery with WHALEID_OPEN_IDENTIFY shows that looking needs no key and that
+registering without a write key shows the API's refusal.
 
 Debian's `chromium` and `chromium-driver` drive it through selenium, pointed at the system
 browser and driver: nothing is downloaded (SE_OFFLINE). Screenshots of each step are saved in
@@ -49,7 +50,7 @@ pytestmark = [
         "(and pip install selenium) to run the review page in a browser",
     ),
 ]
-ENTER = "\ue007"  # selenium's Keys.ENTER
+ENTER, ARROW_LEFT = "\ue007", "\ue012"  # selenium's Keys.ENTER, Keys.ARROW_LEFT
 WAIT = 90.0  # seconds for the page to answer (identify on a loaded CPU)
 
 
@@ -168,11 +169,12 @@ def test_review_loop(
     photos = catalogue_photos(catalogue)
     known = list(photos)[2]
     held_back = photos[known][GALLERY_PHOTOS]  # not in the gallery
+    skipped = photos[list(photos)[4]][GALLERY_PHOTOS]
     stranger = photos[list(photos)[GALLERY_INDIVIDUALS + 50]][0]
 
     open_page(browser, edit_service, edit_service.write_key)
     screens(browser, "01-empty")
-    queue(browser, held_back, stranger)
+    queue(browser, held_back, skipped, stranger)
 
     # The query with its crop drawn, its five candidates, the best known one picked.
     ids = wait(browser, candidates_shown, "five candidates")
@@ -189,6 +191,11 @@ def test_review_loop(
         "the evidence photo",
     )
     screens(browser, "02-candidates")
+    # A click on the gallery photo shows the individual's next one; <- goes back.
+    by_id(browser, "evidence-photo").click()
+    wait(browser, lambda d: "photo 2 of 3" in by_id(d, "evidence-caption").text, "photo 2")
+    press(browser, ARROW_LEFT)
+    wait(browser, lambda d: "photo 1 of 3" in by_id(d, "evidence-caption").text, "photo 1")
     # At 1280 x 800 the query, the evidence, the candidates and the actions fit on one screen.
     for selector in ("#query-img", "#evidence-img", "#candidates", "#confirm", "#skip"):
         assert inside(browser, selector), selector
@@ -232,9 +239,11 @@ def test_review_loop(
     press(browser, ENTER)
     stored = wait(browser, lambda d: re.search(r"Stored .* as image (\d+)", notice(d)), "stored")
     image_id = int(stored.group(1))
-    wait(browser, lambda d: current_name(d) == stranger.name, "the next photo")
+    wait(browser, lambda d: current_name(d) == skipped.name, "the next photo")
     wait(browser, candidates_shown, "the next photo's candidates")
     screens(browser, "03-confirmed-next")
+    press(browser, "s")
+    wait(browser, lambda d: current_name(d) == stranger.name, "the photo after the skipped one")
     with edit_service.client(edit_service.read_key) as client:
         detail = client.get(f"/gallery/individuals/{known}").json()
         assert {"id": image_id, "filename": held_back.name} in [
@@ -250,10 +259,10 @@ def test_review_loop(
     browser.refresh()
     wait(browser, candidates_shown, "the candidates after a reload")
     assert current_name(browser) == stranger.name
-    first_state = browser.execute_script(
-        "return document.querySelector('#queue li .state').textContent"
+    states = browser.execute_script(
+        "return [...document.querySelectorAll('#queue li .state')].map(s => s.textContent)"
     )
-    assert first_state == f"this is {known}"
+    assert states == [f"this is {known}", "skipped", "to review"]
 
     # New individual: the reserved id is refused with the API's message; a free one is stored.
     press(browser, "n")
@@ -274,14 +283,14 @@ def test_review_loop(
     with edit_service.client(edit_service.read_key) as client:
         detail = client.get("/gallery/individuals/review-newcomer").json()
     assert detail["species"] == "orca" and [i["id"] for i in detail["images"]] == [new_image]
-    assert "all 2 reviewed" in by_id(browser, "progress").text
+    assert "all 3 reviewed" in by_id(browser, "progress").text
 
     # Undo (within the minute) deletes that image and puts the photo back in the queue.
-    by_id(browser, "undo").click()
+    press(browser, "u")
     wait(browser, lambda d: f"image {new_image} deleted" in notice(d), "the undo")
     with edit_service.client(edit_service.read_key) as client:
         assert client.get(f"/gallery/images/{new_image}").status_code == 404
-    assert "1 of 2 reviewed" in by_id(browser, "progress").text
+    assert "2 of 3 reviewed" in by_id(browser, "progress").text
     screens(browser, "06-undone")
 
 
