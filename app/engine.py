@@ -26,6 +26,7 @@ from app.metrics import Metrics
 from app.pipeline import Crop, Pipeline
 from app.settings import Settings
 from app.uploads import Upload
+from gallery.errors import NotFoundError
 from gallery.gallery import Gallery
 from gallery.records import (
     Candidate,
@@ -249,13 +250,18 @@ class Engine:
         return await self.individual(target)
 
     async def image(self, image_id: int) -> tuple[ImageRecord, PhotoInfo | None]:
-        """An image's record, and what its kept photo is (None when the gallery keeps none)."""
+        """An image's record, and what its kept photo is (None when the gallery keeps none, or
+        its file is gone: the record still answers)."""
 
         def read() -> tuple[ImageRecord, PhotoInfo | None]:
             record = self.gallery.image(image_id)
             if self.gallery.photos is None:
                 return record, None
-            return record, photo_info(self.gallery.photo(image_id), name=f"image {image_id}")
+            try:
+                content = self.gallery.photos.get(record.content_hash)
+            except NotFoundError:
+                return record, None
+            return record, photo_info(content, name=f"image {image_id}")
 
         return await run_in_threadpool(read)
 

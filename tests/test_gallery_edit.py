@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fixtures.service import GALLERY_INDIVIDUALS, Server, catalogue_photos, next_frame
+from fixtures.uploads import encode
 from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -165,6 +166,34 @@ def test_image_record_and_photo(edit_service: Server, catalogue: Path) -> None:
     error(missing_photo, 404, "not_found")
     with edit_service.client() as anonymous:
         error(anonymous.get(f"/gallery/images/{image_id}/photo"), 401, "missing_key")
+
+
+def test_image_record_gives_the_upright_size_of_a_turned_png(
+    edit_service: Server, catalogue: Path
+) -> None:
+    """A PNG whose EXIF says "turn a quarter": the record gives the size the page draws in
+    (upright, as the crop box is), the photo comes back as registered, as a PNG."""
+    photos = catalogue_photos(catalogue)
+    shot = photos[list(photos)[GALLERY_INDIVIDUALS + 43]][0]
+    img = Image.open(shot).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    content = encode(img, "PNG", exif=exif)
+    with edit_service.client(edit_service.write_key) as write:
+        made = write.post(
+            "/gallery",
+            files={"image": ("turned.png", content, "image/png")},
+            data={"individual_id": "turned"},
+        )
+        assert made.status_code == 201, made.text
+        image_id = made.json()["images"][0]["image_id"]
+        record = write.get(f"/gallery/images/{image_id}").json()
+        photo = write.get(f"/gallery/images/{image_id}/photo")
+        thumb = write.get(f"/gallery/images/{image_id}/thumbnail", params={"size": 1024})
+    width, height = img.size
+    assert (record["width"], record["height"], record["media_type"]) == (height, width, "image/png")
+    assert photo.headers["content-type"] == "image/png" and photo.content == content
+    assert Image.open(io.BytesIO(thumb.content)).size == (height, width)
 
 
 def test_openapi_documents_the_editing_routes(edit_service: Server) -> None:
