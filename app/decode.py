@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from gallery.errors import WhaleidError
 
@@ -19,10 +20,12 @@ __all__ = [
     "ACCEPTED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "ImageTooLargeError",
+    "PhotoInfo",
     "UnreadableImageError",
     "UnsupportedImageTypeError",
     "decode_image",
     "open_image",
+    "photo_info",
 ]
 
 # MPO is how Pillow names the JPEGs many cameras write (a JPEG with extra frames).
@@ -123,3 +126,33 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
         scaled = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     grey = Image.fromarray(np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8))
     return grey.convert("RGB")
+
+
+@dataclass(frozen=True)
+class PhotoInfo:
+    """What a stored photo is, read from its header alone: its HTTP media type and its size
+    upright (EXIF orientation applied, as decode_image turns it)."""
+
+    media_type: str
+    width: int
+    height: int
+
+
+_MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png"}
+# EXIF orientations 5-8 turn the photo a quarter: width and height swap.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def photo_info(data: bytes, *, name: str = "image") -> PhotoInfo:
+    """The media type and upright size of a photo, without decoding its pixels."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"{name} is not an image we can read") from exc
+    fmt = img.format or ""
+    if fmt not in ACCEPTED_FORMATS:
+        raise UnsupportedImageTypeError(f"{name} is {fmt or 'of an unknown type'}")
+    width, height = img.size
+    if img.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
+        width, height = height, width
+    return PhotoInfo(_MEDIA_TYPES.get(fmt, f"image/{fmt.lower()}"), width, height)

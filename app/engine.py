@@ -21,17 +21,20 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import MicroBatcher
-from app.decode import decode_image
+from app.decode import PhotoInfo, decode_image, photo_info
 from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.preprocess import Crop
 from app.settings import Settings
 from app.uploads import Upload
+from gallery.errors import NotFoundError
 from gallery.gallery import Gallery
 from gallery.records import (
     Candidate,
+    ImageRecord,
     Individual,
     IndividualDetail,
+    Keep,
     NewImage,
     RegisteredImage,
 )
@@ -227,6 +230,50 @@ class Engine:
 
     async def individual(self, individual_id: str) -> IndividualDetail:
         return await self._gallery(self.gallery.individual, individual_id)
+
+    async def update_individual(
+        self,
+        individual_id: str,
+        *,
+        new_id: str | None,
+        species: str | Keep | None,
+        metadata: dict[str, Any] | None,
+    ) -> IndividualDetail:
+        """Rename and/or set species and metadata; the individual as it is now."""
+        await self._gallery(
+            self.gallery.update, individual_id, new_id=new_id, species=species, metadata=metadata
+        )
+        return await self.individual(new_id or individual_id)
+
+    async def merge(self, source: str, target: str) -> IndividualDetail:
+        """Merge `source` into `target`; the index follows before this returns."""
+        await self._gallery(self.gallery.merge, source, target)
+        return await self.individual(target)
+
+    async def image(self, image_id: int) -> tuple[ImageRecord, PhotoInfo | None]:
+        """An image's record, and what its kept photo is (None when the gallery keeps none, or
+        its file is gone: the record still answers)."""
+
+        def read() -> tuple[ImageRecord, PhotoInfo | None]:
+            record = self.gallery.image(image_id)
+            if self.gallery.photos is None:
+                return record, None
+            try:
+                content = self.gallery.photos.get(record.content_hash)
+            except NotFoundError:
+                return record, None
+            return record, photo_info(content, name=f"image {image_id}")
+
+        return await run_in_threadpool(read)
+
+    async def photo(self, image_id: int) -> tuple[bytes, str]:
+        """A gallery photo as it was registered, with its media type."""
+
+        def read() -> tuple[bytes, str]:
+            content = self.gallery.photo(image_id)
+            return content, photo_info(content, name=f"image {image_id}").media_type
+
+        return await run_in_threadpool(read)
 
     async def delete_individual(self, individual_id: str) -> None:
         await self._gallery(self.gallery.delete_individual, individual_id)

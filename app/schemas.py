@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gallery.rules import ID_PATTERN
+
 __all__ = [
     "CropOut",
     "ErrorDetail",
@@ -15,10 +17,13 @@ __all__ = [
     "Evidence",
     "Health",
     "IdentifyResponse",
+    "ImageDetailOut",
     "ImageOut",
     "IndividualDetailOut",
     "IndividualOut",
     "IndividualPage",
+    "IndividualUpdate",
+    "MergeRequest",
     "Prediction",
     "Readiness",
     "RegisterResponse",
@@ -45,6 +50,13 @@ class ErrorResponse(BaseModel):
 class Evidence(BaseModel):
     image_id: int = Field(description="the gallery image most similar to the query")
     similarity: float = Field(description="cosine similarity of that image to the query")
+    matches: list[tuple[float, float, float, float]] | None = Field(
+        None,
+        description="optional, only where local matching re-ranked the answer and the request "
+        "asked for it (`?explain=1`): matched keypoints as [x_query, y_query, x_gallery, "
+        "y_gallery], in pixels of the upright query photo and of the upright evidence photo; "
+        "the review page draws them as lines",
+    )
 
 
 class Prediction(BaseModel):
@@ -102,8 +114,46 @@ class ImageOut(BaseModel):
     id: int
     filename: str
     encounter: str | None = None
-    box: tuple[float, float, float, float] | None = None
+    box: tuple[float, float, float, float] | None = Field(
+        None, description="the crop its embedding was computed on: x1, y1, x2, y2 in pixels"
+    )
     created: datetime
+
+
+class ImageDetailOut(ImageOut):
+    individual_id: str = Field(description="the individual it belongs to")
+    media_type: str | None = Field(
+        None, description="of the photo at /gallery/images/{id}/photo; null when not kept"
+    )
+    width: int | None = Field(None, description="the upright photo's width in pixels")
+    height: int | None = Field(None, description="the upright photo's height in pixels")
+
+
+class IndividualUpdate(BaseModel):
+    """PATCH /gallery/individuals/{id}: each field given is changed, the others are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    individual_id: str | None = Field(
+        None,
+        pattern=ID_PATTERN,
+        description="a new id (must be free: merge into an existing one instead)",
+        examples=["fin_0042"],
+    )
+    species: str | None = Field(
+        None, max_length=200, description="its species; null makes it unknown"
+    )
+    metadata: dict[str, Any] | None = Field(None, description="replaces the stored metadata object")
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    into: str = Field(
+        pattern=ID_PATTERN,
+        description="the individual that keeps its id and receives this one's photos",
+        examples=["fin_0042"],
+    )
 
 
 class IndividualOut(BaseModel):

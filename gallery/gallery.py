@@ -19,10 +19,12 @@ from gallery.errors import GalleryInputError
 from gallery.images import ImportItem
 from gallery.photos import PhotoStore, resolve_photos_dir
 from gallery.records import (
+    KEEP,
     Candidate,
     ImageRecord,
     Individual,
     IndividualDetail,
+    Keep,
     NewImage,
     RegisteredImage,
 )
@@ -226,6 +228,24 @@ class Gallery:
     def merge(self, a: str, b: str) -> None:
         """Merge individual `a` into `b`: b keeps its id and gains a's images; a is gone."""
         individual_records.merge_individuals(store=self.store, source=a, target=b)
+        self.replica.refresh()
+
+    def update(
+        self,
+        individual_id: str,
+        *,
+        new_id: str | None = None,
+        species: str | Keep | None = KEEP,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Rename an individual and/or set its species and metadata, in one transaction."""
+        individual_records.update_individual(
+            store=self.store,
+            individual_id=individual_id,
+            new_id=new_id,
+            species=species,
+            metadata=metadata,
+        )
         self.replica.refresh()
 
     # -- reads ---------------------------------------------------------------------------------

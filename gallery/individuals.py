@@ -8,9 +8,11 @@ the store's change log.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gallery.photos import PhotoStore
-from gallery.records import Individual, IndividualDetail
-from gallery.rules import check_individual_id, check_label
+from gallery.records import KEEP, Individual, IndividualDetail, Keep
+from gallery.rules import check_individual_id, check_label, check_metadata
 from gallery.store import SqlStore
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "list_individuals",
     "merge_individuals",
     "rename_individual",
+    "update_individual",
 ]
 
 
@@ -43,6 +46,27 @@ def rename_individual(*, store: SqlStore, old: str, new: str) -> None:
     """Give an individual a new id (its images follow); the new id obeys the id rules and must
     be free."""
     store.rename(old=old, new=check_individual_id(new, field="new id"))
+
+
+def update_individual(
+    *,
+    store: SqlStore,
+    individual_id: str,
+    new_id: str | None = None,
+    species: str | Keep | None = KEEP,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Rename an individual and/or set its species (None: unknown) and replace its metadata,
+    in one transaction; each new value obeys the records' rules."""
+    if new_id is not None:
+        new_id = check_individual_id(new_id, field="new id")
+    if isinstance(species, str):
+        species = check_label(species, field="species")
+    if metadata is not None:
+        metadata = check_metadata(metadata)
+    store.update_individual(
+        individual_id=individual_id, new_id=new_id, species=species, metadata=metadata
+    )
 
 
 def merge_individuals(*, store: SqlStore, source: str, target: str) -> None:

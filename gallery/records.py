@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "KEEP",
     "Box",
     "Candidate",
     "Change",
@@ -20,12 +22,22 @@ __all__ = [
     "ImageRecord",
     "Individual",
     "IndividualDetail",
+    "Keep",
     "NewEntry",
     "NewImage",
     "RegisteredImage",
 ]
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the original photo
+
+
+class Keep(Enum):
+    """A field an update leaves as it is (None means "unknown" for some fields)."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
 
 
 @dataclass(frozen=True)

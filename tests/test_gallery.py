@@ -242,3 +242,43 @@ def test_hnsw_gallery_agrees_with_flat_on_small_data(store_url: str, tmp_path: P
         assert g.size == 15
         (row,) = g.search(centres["ind-5"][None], threshold=-1.0)
         assert "ind-5" not in [c.individual_id for c in row]
+
+
+def test_update_renames_and_sets_species_and_metadata_at_once(gallery: Gallery) -> None:
+    centres = populate(gallery)
+    gallery.update("ind-1", new_id="Nemo", species="orca", metadata={"sex": "F"})
+    detail = gallery.individual("Nemo")
+    assert (detail.species, detail.metadata, detail.image_count) == ("orca", {"sex": "F"}, 3)
+    # The index follows the new id and the new species (the filter sees it).
+    (row,) = gallery.search(centres["ind-1"][None], threshold=0.5, species="orca")
+    assert row[0].individual_id == "Nemo" and row[0].species == "orca"
+    gallery.update("Nemo", species=None)
+    assert gallery.individual("Nemo").species is None
+    assert gallery.individual("Nemo").metadata == {"sex": "F"}
+    (row,) = gallery.search(centres["ind-1"][None], threshold=0.5, species="orca")
+    assert "Nemo" not in [c.individual_id for c in row]
+    # One transaction: a refused rename changes nothing else either.
+    with pytest.raises(ConflictError):
+        gallery.update("Nemo", new_id="ind-0", species="beluga", metadata={})
+    assert gallery.individual("Nemo").species is None
+    assert gallery.individual("Nemo").metadata == {"sex": "F"}
+
+
+def test_edits_refuse_the_reserved_id_for_the_service_and_the_cli(
+    gallery: Gallery, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import main
+
+    populate(gallery, individuals=2)
+    with pytest.raises(GalleryInputError, match="reserved"):
+        gallery.rename("ind-0", NEW_INDIVIDUAL)
+    with pytest.raises(GalleryInputError, match="reserved"):
+        gallery.merge("ind-0", NEW_INDIVIDUAL)
+    with pytest.raises(ConflictError, match="itself"):
+        gallery.merge("ind-0", "ind-0")
+    # `whaleid gallery` runs the same checks on the store alone.
+    for action in ("rename", "merge"):
+        status = main(["gallery", "--gallery", store_url, action, "ind-0", NEW_INDIVIDUAL])
+        err = capsys.readouterr().err.strip()
+        assert status != 0 and "reserved" in err and "\n" not in err, err
+    assert [i.id for i in gallery.individuals()] == ["ind-0", "ind-1"]

@@ -13,8 +13,9 @@ from fixtures.service import (
     GALLERY_PHOTOS,
     Server,
     catalogue_photos,
+    next_frame,
 )
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from app.manifest import Manifest
 
@@ -69,17 +70,6 @@ def test_top_k_and_species_filter(service: Server, catalogue: Path) -> None:
         bad = client.post("/identify", files=jpeg_part(query), data={"top_k": "0"})
     assert three.status_code == 200 and len(three.json()["predictions"]) == 3
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_field"
-
-
-def next_frame(path: Path) -> bytes:
-    """The same scene a moment later: slightly reframed, brighter, encoded again."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    moved = img.crop((w // 40, h // 50, w - w // 60, h - h // 40))
-    moved = ImageEnhance.Brightness(moved).enhance(1.06)
-    buf = io.BytesIO()
-    moved.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
 
 
 def test_registered_individual_ranks_first_and_survives_a_restart(
@@ -228,12 +218,17 @@ def test_review_page_and_evidence_thumbnails(service: Server, catalogue: Path) -
     query = photos[next(iter(photos))][GALLERY_PHOTOS]
     with service.client(service.read_key) as client:
         page = client.get("/review")
+        script = client.get("/review/review.js")
+        style = client.get("/review/review.css")
         answer = client.post("/identify", files=jpeg_part(query)).json()
         evidence = next(p["evidence"] for p in answer["predictions"] if p["evidence"])
         thumb = client.get(f"/gallery/images/{evidence['image_id']}/thumbnail", params={"size": 64})
         missing = client.get("/gallery/images/999999/thumbnail")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "identify" in page.text
+    assert 'src="review/review.js"' in page.text and 'href="review/review.css"' in page.text
+    assert script.status_code == 200 and "text/javascript" in script.headers["content-type"]
+    assert '"identify?explain=1"' in script.text and "document.cookie" not in script.text
+    assert style.status_code == 200 and "text/css" in style.headers["content-type"]
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 64
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

@@ -1,4 +1,5 @@
-"""The gallery over HTTP: register photos of an individual, list, show and delete."""
+"""The gallery over HTTP: register photos of an individual; list, show, edit, merge and delete
+individuals; show, fetch and delete images."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ from app.deps import EngineDep, ReadAccess, SettingsDep, WriteAccess
 from app.errors import ApiError, responses
 from app.routes.identify import crop_out
 from app.schemas import (
+    ImageDetailOut,
     ImageOut,
     IndividualDetailOut,
     IndividualOut,
     IndividualPage,
+    IndividualUpdate,
+    MergeRequest,
     RegisteredImageOut,
     RegisterResponse,
 )
 from app.uploads import read_upload
+from gallery.records import KEEP, IndividualDetail
 from gallery.rules import ID_PATTERN, LABEL_MAX_LENGTH, METADATA_MAX_BYTES
 
 __all__ = ["router"]
@@ -29,6 +34,7 @@ router = APIRouter(prefix="/gallery", tags=["gallery"])
 IndividualId = Annotated[
     str, Path(pattern=ID_PATTERN, description="the individual's id", examples=["fin_0042"])
 ]
+ImageId = Annotated[int, Path(ge=0, description="the image's id")]
 
 
 @router.post(
@@ -116,15 +122,45 @@ async def list_individuals(
 async def get_individual(
     _key: ReadAccess, engine: EngineDep, individual_id: IndividualId
 ) -> IndividualDetailOut:
-    detail = await engine.individual(individual_id)
-    return IndividualDetailOut(
-        id=detail.id,
-        species=detail.species,
-        created=detail.created,
-        metadata=detail.metadata,
-        image_count=detail.image_count,
-        images=[ImageOut.model_validate(i) for i in detail.images],
+    return _detail_out(await engine.individual(individual_id))
+
+
+@router.patch(
+    "/individuals/{individual_id}",
+    response_model=IndividualDetailOut,
+    summary="Rename an individual, set its species or metadata",
+    responses=responses(401, 403, 404, 409, 422, 503),
+)
+async def update_individual(
+    _key: WriteAccess, engine: EngineDep, individual_id: IndividualId, update: IndividualUpdate
+) -> IndividualDetailOut:
+    """Each field given is changed, in one transaction: `individual_id` renames it (its photos
+    follow; 409 when the new id exists: merge instead), `species` sets it (null: unknown),
+    `metadata` replaces the stored object. Answers the individual as it is now."""
+    given = update.model_fields_set
+    detail = await engine.update_individual(
+        individual_id,
+        new_id=update.individual_id,
+        species=update.species if "species" in given else KEEP,
+        metadata=update.metadata,
     )
+    return _detail_out(detail)
+
+
+@router.post(
+    "/individuals/{individual_id}/merge",
+    response_model=IndividualDetailOut,
+    summary="Merge an individual into another",
+    responses=responses(401, 403, 404, 409, 422, 503),
+)
+async def merge_individual(
+    _key: WriteAccess, engine: EngineDep, individual_id: IndividualId, merge: MergeRequest
+) -> IndividualDetailOut:
+    """For two ids found to be one animal: this individual's photos move to `into`, which
+    keeps its id (and its species and metadata, completed from this one's); this id is gone.
+    409 for a merge into itself or across species. Answers the surviving individual; identify
+    answers its id from the next request on."""
+    return _detail_out(await engine.merge(individual_id, merge.into))
 
 
 @router.delete(
@@ -142,6 +178,41 @@ async def delete_individual(
 
 
 @router.get(
+    "/images/{image_id}",
+    response_model=ImageDetailOut,
+    summary="One image: its individual, crop box and photo size",
+    responses=responses(401, 403, 404, 422, 503),
+)
+async def get_image(_key: ReadAccess, engine: EngineDep, image_id: ImageId) -> ImageDetailOut:
+    record, info = await engine.image(image_id)
+    return ImageDetailOut(
+        **ImageOut.model_validate(record).model_dump(),
+        individual_id=record.individual_id,
+        media_type=None if info is None else info.media_type,
+        width=None if info is None else info.width,
+        height=None if info is None else info.height,
+    )
+
+
+@router.get(
+    "/images/{image_id}/photo",
+    response_class=Response,
+    summary="A gallery photo as it was registered",
+    responses={
+        200: {
+            "content": {t: {} for t in ("image/jpeg", "image/png", "image/webp", "image/tiff")},
+            "description": "the original bytes (EXIF orientation not applied)",
+        },
+        **responses(401, 403, 404, 422, 503),
+    },
+)
+async def photo(_key: ReadAccess, engine: EngineDep, image_id: ImageId) -> Response:
+    content, media_type = await engine.photo(image_id)
+    # Content-addressed: an image id's photo never changes while the image exists.
+    return Response(content, media_type=media_type, headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get(
     "/images/{image_id}/thumbnail",
     response_class=Response,
     summary="A gallery photo as a small JPEG (evidence)",
@@ -153,7 +224,7 @@ async def delete_individual(
 async def thumbnail(
     _key: ReadAccess,
     engine: EngineDep,
-    image_id: Annotated[int, Path(ge=0, description="the image's id")],
+    image_id: ImageId,
     size: Annotated[int, Query(ge=16, le=1024, description="longer side in pixels")] = 256,
 ) -> Response:
     content = await engine.thumbnail(image_id, size)
@@ -167,13 +238,20 @@ async def thumbnail(
     summary="Delete one image",
     responses=responses(401, 403, 404, 422, 503),
 )
-async def delete_image(
-    _key: WriteAccess,
-    engine: EngineDep,
-    image_id: Annotated[int, Path(ge=0, description="the image's id")],
-) -> Response:
+async def delete_image(_key: WriteAccess, engine: EngineDep, image_id: ImageId) -> Response:
     await engine.delete_image(image_id)
     return Response(status_code=204)
+
+
+def _detail_out(detail: IndividualDetail) -> IndividualDetailOut:
+    return IndividualDetailOut(
+        id=detail.id,
+        species=detail.species,
+        created=detail.created,
+        metadata=detail.metadata,
+        image_count=detail.image_count,
+        images=[ImageOut.model_validate(i) for i in detail.images],
+    )
 
 
 def _json_object(text: str | None) -> dict[str, Any] | None:

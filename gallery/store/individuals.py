@@ -1,4 +1,4 @@
-"""The store's individuals: create (with a registration), rename, merge, delete, read."""
+"""The store's individuals: create (with a registration), update, rename, merge, delete, read."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from gallery.batches import chunks
 from gallery.errors import ConflictError, NotFoundError
-from gallery.records import Individual, IndividualDetail, NewEntry
+from gallery.records import KEEP, Individual, IndividualDetail, Keep, NewEntry
 from gallery.store.changes import ChangeLog
 from gallery.store.core import CHUNK, Cursor, retried
 from gallery.store.images import IMAGE_COLUMNS, image_record
@@ -104,26 +104,53 @@ class IndividualTable(ChangeLog):
             cur, "UPDATE images SET individual_id = ? WHERE individual_id = ?", (target, source)
         )
 
-    @retried
     def rename(self, *, old: str, new: str) -> None:
         """Give an individual a new id (its images follow). The new id must be free."""
+        self.update_individual(individual_id=old, new_id=new)
+
+    @retried
+    def update_individual(
+        self,
+        *,
+        individual_id: str,
+        new_id: str | None = None,
+        species: str | Keep | None = KEEP,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Rename an individual, set its species (None: unknown) and replace its metadata, in
+        one transaction; what is left out (KEEP, None) stays as it is."""
         with self._transaction(write=True) as cur:
-            self._require(cur, old)
-            taken = self._exec(cur, "SELECT 1 FROM individuals WHERE id = ?", (new,)).fetchone()
-            if taken is not None:
-                raise ConflictError(
-                    f"individual {new!r} already exists: merge {old!r} into it instead"
+            self._require(cur, individual_id)
+            current = individual_id
+            if new_id is not None and new_id != individual_id:
+                self._rename(cur, individual_id, new_id)
+                current = new_id
+            if species is not KEEP:
+                self._exec(
+                    cur, "UPDATE individuals SET species = ? WHERE id = ?", (species, current)
                 )
-            self._exec(
-                cur,
-                "INSERT INTO individuals (id, species, created, metadata) "
-                "SELECT ?, species, created, metadata FROM individuals WHERE id = ?",
-                (new, old),
-            )
-            self._log(cur, "species", None, new)
-            self._move_images(cur, old, new)
-            self._exec(cur, "DELETE FROM individuals WHERE id = ?", (old,))
+                self._log(cur, "species", None, current)
+            if metadata is not None:
+                self._exec(
+                    cur,
+                    "UPDATE individuals SET metadata = ? WHERE id = ?",
+                    (json.dumps(metadata), current),
+                )
             self._notify(cur)
+
+    def _rename(self, cur: Cursor, old: str, new: str) -> None:
+        taken = self._exec(cur, "SELECT 1 FROM individuals WHERE id = ?", (new,)).fetchone()
+        if taken is not None:
+            raise ConflictError(f"individual {new!r} already exists: merge {old!r} into it instead")
+        self._exec(
+            cur,
+            "INSERT INTO individuals (id, species, created, metadata) "
+            "SELECT ?, species, created, metadata FROM individuals WHERE id = ?",
+            (new, old),
+        )
+        self._log(cur, "species", None, new)
+        self._move_images(cur, old, new)
+        self._exec(cur, "DELETE FROM individuals WHERE id = ?", (old,))
 
     @retried
     def merge(self, *, source: str, target: str) -> None:
