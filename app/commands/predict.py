@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from app.decode import open_image
 from app.pipeline import Pipeline
+from app.preprocess import check_photo
 from gallery.errors import WhaleidError
 
 if TYPE_CHECKING:
@@ -92,8 +93,11 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def _decode(path: Path) -> Image.Image | WhaleidError:
+    """The photo, or why it cannot be used (the same refusals as POST /identify)."""
     try:
-        return open_image(path)
+        image = open_image(path)
+        check_photo(image, path.name)
+        return image
     except WhaleidError as exc:
         return exc
 
@@ -116,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             threshold = pipeline.manifest.threshold_for(args.species, gallery.size)
         rows, skipped = _identify(args, pipeline, gallery, photos, threshold)
     _write_csv(args.out, rows)
-    note = f", {len(skipped)} unreadable photo(s) left out" if skipped else ""
+    # Each was named with its reason as it was skipped.
+    note = f", {len(skipped)} unusable photo(s) left out" if skipped else ""
     print(f"wrote {len(rows)} rows to {args.out}{note}", file=sys.stderr)
     return 0
 
@@ -140,7 +145,7 @@ def _identify(
     photos: list[Path],
     threshold: float,
 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """(image, predictions) rows for every readable photo, and the unreadable ones' names."""
+    """(image, predictions) rows for every usable photo, and the others' names."""
     rows: list[tuple[str, str]] = []
     skipped: list[str] = []
     progress = tqdm(total=len(photos), unit="photo", disable=args.quiet, file=sys.stderr)
