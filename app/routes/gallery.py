@@ -30,6 +30,10 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 IndividualId = Annotated[
     str, Path(pattern=ID_PATTERN, description="the individual's id", examples=["fin_0042"])
 ]
+# Both stores count in signed 64-bit integers (image ids, offsets): a larger number is
+# refused here rather than overflowing in the store's driver.
+INT64_MAX = 2**63 - 1
+ImageId = Annotated[int, Path(ge=0, le=INT64_MAX, description="the image's id")]
 
 
 @router.post(
@@ -96,7 +100,7 @@ async def list_individuals(
     _key: ReadAccess,
     engine: EngineDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
-    offset: Annotated[int, Query(ge=0, description="how many to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX, description="how many to skip")] = 0,
     species: Annotated[str | None, Query(max_length=200, description="only this species")] = None,
 ) -> IndividualPage:
     items = await engine.individuals(limit=limit, offset=offset, species=species)
@@ -151,7 +155,7 @@ async def delete_individual(
 async def thumbnail(
     _key: ReadAccess,
     engine: EngineDep,
-    image_id: Annotated[int, Path(ge=0, description="the image's id")],
+    image_id: ImageId,
     size: Annotated[int, Query(ge=16, le=1024, description="longer side in pixels")] = 256,
 ) -> Response:
     content = await engine.thumbnail(image_id, size)
@@ -168,7 +172,7 @@ async def thumbnail(
 async def delete_image(
     _key: WriteAccess,
     engine: EngineDep,
-    image_id: Annotated[int, Path(ge=0, description="the image's id")],
+    image_id: ImageId,
 ) -> Response:
     await engine.delete_image(image_id)
     return Response(status_code=204)
