@@ -221,3 +221,21 @@ def test_odd_photos_mixed_into_concurrent_batches(
     # The ordinary photos did share batches with the odd ones that could be embedded.
     assert multi_photo_batches(service) > batched_before
     assert_alive(service)
+
+
+def test_one_unusable_photo_refuses_its_registration_and_stores_nothing(
+    service: Server, photo: Image.Image
+) -> None:
+    refused = next(o for o in odd_uploads(photo) if o.label == "4000x40 PNG")
+    files = [
+        ("image", ("good.jpg", encode(photo, "JPEG", quality=90), "image/jpeg")),
+        ("image", (refused.label, refused.content, refused.mime)),
+    ]
+    with service.client(service.write_key) as client:
+        before = client.get("/gallery/individuals", params={"limit": 1000}).json()["items"]
+        response = client.post("/gallery", files=files, data={"individual_id": "odd_fin_1"})
+        assert_error(response, 422, "unusable_image")
+        assert "4000x40 PNG is 4000x40 pixels: too narrow" in response.json()["error"]["message"]
+        assert client.get("/gallery/individuals/odd_fin_1").status_code == 404
+        after = client.get("/gallery/individuals", params={"limit": 1000}).json()["items"]
+    assert after == before
