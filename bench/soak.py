@@ -11,8 +11,9 @@ catalogue, then runs `--clients` threads for `--minutes`, each in a closed loop 
 It samples the server's resident memory (VmRSS) every second and reports, per store: requests,
 requests/s, answers by status (anything but the expected 200/201/204 is an error), p50/p99
 latency per operation, and RSS at the start of the load, its middle and its end. "Flat" is the
-growth from the middle to the end: the first half absorbs arenas, caches and the index's first
-growth; a leak keeps growing through the second.
+second half: its growth from middle to end, and the least-squares slope of its samples in MB
+per minute. The first half absorbs arenas (onnxruntime's grows to the largest batch seen),
+caches and the index's first growth; a leak keeps growing through the second.
 
     nice python -m bench.soak --bundle B --catalogue C                       # 16 clients, 5 min
     nice python -m bench.soak --bundle B --catalogue C --minutes 2 \\
@@ -193,6 +194,13 @@ class RssSampler(threading.Thread):
     def at(self, seconds: float) -> float:
         return min(self.samples, key=lambda s: abs(s[0] - seconds))[1]
 
+    def slope(self, since: float) -> float:
+        """MB per minute, least squares over the samples from `since` seconds on."""
+        points = np.array([s for s in self.samples if s[0] >= since])
+        if len(points) < 2:
+            return 0.0
+        return float(np.polyfit(points[:, 0] / 60, points[:, 1], 1)[0])
+
 
 @contextmanager
 def postgres_schema(url: str) -> Iterator[str]:
@@ -290,6 +298,7 @@ def summarise(
             "max": max(s[1] for s in sampler.samples),
         },
         "rss_growth_second_half": (end - middle) / middle,
+        "rss_slope_mb_per_min_second_half": sampler.slope(wall / 2),
         "server_alive": alive,
     }
 
@@ -299,8 +308,8 @@ def report(results: dict[str, dict[str, Any]], clients: int, seconds: float) -> 
         f"{clients} clients × {seconds:.0f} s, mixed identify/register/list/delete",
         "",
         "| store | requests | req/s | by status | errors | p50 ms | p99 ms "
-        "| RSS MB start / middle / end | growth, 2nd half |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |",
+        "| RSS MB start / middle / end | growth, 2nd half | MB/min, 2nd half |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for store, r in results.items():
         statuses = ", ".join(f"{s}: {n}" for s, n in r["statuses"].items())
@@ -309,7 +318,8 @@ def report(results: dict[str, dict[str, Any]], clients: int, seconds: float) -> 
             f"| {store} | {r['requests']} | {r['requests_per_s']:.1f} | {statuses} | {r['errors']} "
             f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
             f"| {rss['start']:.0f} / {rss['middle']:.0f} / {rss['end']:.0f} "
-            f"| {100 * r['rss_growth_second_half']:+.1f}% |"
+            f"| {100 * r['rss_growth_second_half']:+.1f}% "
+            f"| {r['rss_slope_mb_per_min_second_half']:+.1f} |"
         )
     lines += [
         "",
