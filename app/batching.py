@@ -1,11 +1,18 @@
 """Group concurrent requests' photos into batches, so a GPU sees few large calls, not many small.
 
 Requests `submit` one item each and await its result. One collector task takes the first waiting
-item, then keeps taking until the batch is full (`max_batch`) or `max_wait` has passed since that
-first item, and runs the batch in a dedicated worker thread (off the event loop; one thread, so
-the models see one call at a time). While a batch runs, newcomers queue up, so under load the
-next batch is taken full and at once: throughput grows with load, and a lone request waits at
-most `max_wait`.
+item and everything already queued behind it (up to `max_batch`), and runs the batch in a
+dedicated worker thread (off the event loop; one thread, so the models see one call at a time).
+While a batch runs, newcomers queue up, so under load the next batch is taken full and at once.
+
+It never waits for company that is not coming: a request that finds the worker idle and nobody
+queued runs at once. Only under steady load (the last batch held several requests and ended
+less than `max_wait` ago) does it wait, at most `max_wait`, for as many requests as the last
+batch held: closed-loop clients answered together come back a few milliseconds apart, and one
+batch of them costs less than a lone first one followed by the rest.
+
+A batch that raises is retried one item at a time, so each request gets its own result or its
+own exception: one bad item never fails its batch-mates.
 """
 
 from __future__ import annotations
@@ -56,6 +63,9 @@ class MicroBatcher(Generic[T, R]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._queue: asyncio.Queue[_Job[T, R]] | None = None
         self._task: asyncio.Task[None] | None = None
+        # The load the last batch saw: its size and when it ended (loop time).
+        self._last_size = 0
+        self._last_end = float("-inf")
 
     def start(self) -> None:
         """Start the collector on the running loop."""
@@ -88,41 +98,75 @@ class MicroBatcher(Generic[T, R]):
         while True:
             first = await self._queue.get()
             batch = [first]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch:
-                # Take whatever is already waiting without yielding to the timer.
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            self._take_waiting(batch)
+            steady = self._last_size > 1 and loop.time() - self._last_end <= self.max_wait
+            if steady:
+                # Expect as many as last time, for at most max_wait.
+                expected = min(self._last_size, self.max_batch)
+                deadline = loop.time() + self.max_wait
+                while len(batch) < expected:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    except TimeoutError:
+                        break
+                    self._take_waiting(batch)
             # Requests whose clients went away are not worth the GPU's time.
             batch = [job for job in batch if not job.future.done()]
             if batch:
                 await self._run(batch)
+                self._last_size, self._last_end = len(batch), loop.time()
+
+    def _take_waiting(self, batch: list[_Job[T, R]]) -> None:
+        """Add what is already queued, without yielding, up to max_batch."""
+        assert self._queue is not None
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     async def _run(self, batch: list[_Job[T, R]]) -> None:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self.fn, [j.item for j in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
-        except Exception as exc:
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
+            outcomes = await loop.run_in_executor(self._executor, self._call, batch)
         finally:
             if self.on_batch is not None:
                 self.on_batch(len(batch), time.perf_counter() - started)
-        for job, result in zip(batch, results, strict=True):
-            if not job.future.done():
-                job.future.set_result((result, started - job.queued))
+        for job, outcome in zip(batch, outcomes, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(outcome, _Failed):
+                job.future.set_exception(outcome.error)
+            else:
+                job.future.set_result((outcome, started - job.queued))
+
+    def _call(self, batch: list[_Job[T, R]]) -> list[R | _Failed]:
+        """In the worker: the batch's results, or, when the batch fails, each item's own."""
+        try:
+            return list(self._checked([job.item for job in batch]))
+        except Exception as exc:
+            if len(batch) == 1:
+                return [_Failed(exc)]
+        # Which item broke the batch is unknown: each one alone says.
+        outcomes: list[R | _Failed] = []
+        for job in batch:
+            try:
+                outcomes += self._checked([job.item])
+            except Exception as exc:
+                outcomes.append(_Failed(exc))
+        return outcomes
+
+    def _checked(self, items: list[T]) -> Sequence[R]:
+        results = self.fn(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"batch of {len(items)} gave {len(results)} results")
+        return results
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: Exception

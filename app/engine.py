@@ -24,7 +24,7 @@ from app.batching import MicroBatcher
 from app.decode import PhotoInfo, decode_image, photo_info
 from app.metrics import Metrics
 from app.pipeline import Pipeline
-from app.preprocess import Crop
+from app.preprocess import Crop, check_photo
 from app.settings import Settings
 from app.uploads import Upload
 from gallery.errors import NotFoundError
@@ -149,13 +149,21 @@ class Engine:
         return await run_in_threadpool(fn, *args, **kwargs)
 
     async def decode(self, upload: Upload) -> Image.Image:
-        return await run_in_threadpool(
-            decode_image,
-            upload.content,
-            max_pixels=self.settings.max_pixels,
-            draft_side=self.settings.draft_side,
-            name=upload.filename or "image",
-        )
+        """The upright photo, refused here (4xx) when unreadable or unusable, so that only
+        photos the models can take join a batch with other requests' photos."""
+
+        def decode() -> Image.Image:
+            name = upload.filename or "image"
+            image = decode_image(
+                upload.content,
+                max_pixels=self.settings.max_pixels,
+                draft_side=self.settings.draft_side,
+                name=name,
+            )
+            check_photo(image, name)
+            return image
+
+        return await run_in_threadpool(decode)
 
     # -- what routes call ---------------------------------------------------------------------
 
@@ -195,7 +203,15 @@ class Engine:
         # Every photo is decoded before any is embedded: one bad photo refuses the request
         # and nothing is stored.
         images = [await self.decode(u) for u in uploads]
-        embedded = await asyncio.gather(*(self.batcher.submit(img) for img in images))
+        outcomes = await asyncio.gather(
+            *(self.batcher.submit(img) for img in images), return_exceptions=True
+        )
+        # Every photo's outcome is collected before the first failure is raised, so none is
+        # left unretrieved; one failure stores nothing.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        embedded = [o for o in outcomes if not isinstance(o, BaseException)]
         new = [
             NewImage(
                 content=u.content,

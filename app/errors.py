@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.decode import ImageTooLargeError, UnreadableImageError, UnsupportedImageTypeError
+from app.preprocess import UnusablePhotoError
 from app.schemas import ErrorResponse
 from gallery.errors import (
     ConflictError,
@@ -51,6 +52,8 @@ _DOMAIN: list[tuple[type[WhaleidError], int, str]] = [
     (UnreadableImageError, 400, "unreadable_image"),
     (UnsupportedImageTypeError, 415, "unsupported_media_type"),
     (ImageTooLargeError, 413, "too_large"),
+    # Readable, but too small, too narrow or blank to identify anything in.
+    (UnusablePhotoError, 422, "unusable_image"),
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
     # A value that breaks a rule of the records (reserved or over-long id, a label, metadata,
@@ -156,7 +159,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "conflicts with what is stored",
         413: "the body or the photo's pixel count is over the limit",
         415: "an image type that is not accepted (JPEG, PNG, WebP, TIFF are)",
-        422: "a field is missing or invalid",
+        422: "a field is missing or invalid, or a photo is too small, too narrow or blank "
+        "to identify anything in (code unusable_image)",
         503: "models or gallery not loaded yet, or the gallery store cannot be written now",
     }
     return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}

@@ -17,15 +17,20 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from gallery.errors import WhaleidError
 from gallery.records import Box
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_ASPECT",
+    "MIN_SIDE",
     "Box",
     "Crop",
     "EmbedTransform",
     "Letterbox",
+    "UnusablePhotoError",
+    "check_photo",
     "crop_box",
     "embed_with_flip",
     "hflip",
@@ -39,6 +44,13 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LETTERBOX_FILL = 114  # the grey ultralytics pads with; the detector was trained on it
+
+# What a photo must have for the detector and the embedders to see an animal in it. Below 16 px
+# a side nothing is left to crop (a padded box of a 16 px fin is already smaller than any
+# embedder's input by 5x); past 20:1 the detector's letterbox squeezes the short side to a
+# sliver of 32 px of 640 and the embedders' square resize stretches it 20-fold.
+MIN_SIDE = 16
+MAX_ASPECT = 20.0
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -157,11 +169,12 @@ def letterbox(img: Image.Image, size: int) -> tuple[np.ndarray, Letterbox]:
     """Fit the photo in a `size`² square keeping its aspect, centred, grey padding.
 
     Returns float32 (3, size, size) in [0, 1] RGB, as ultralytics feeds its exported models,
-    and the Letterbox to map predicted boxes back onto the photo.
+    and the Letterbox to map predicted boxes back onto the photo. Any photo of at least a pixel
+    fits: a side that would round to nothing keeps one pixel.
     """
     width, height = img.size
     scale = min(size / width, size / height)
-    new_w, new_h = round(width * scale), round(height * scale)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
     left, top = round(pad_x - 0.1), round(pad_y - 0.1)
     canvas = Image.new("RGB", (size, size), (LETTERBOX_FILL,) * 3)
@@ -173,3 +186,31 @@ def letterbox(img: Image.Image, size: int) -> tuple[np.ndarray, Letterbox]:
     return np.ascontiguousarray(arr), Letterbox(
         scale=scale, pad_x=left, pad_y=top, size=(width, height)
     )
+
+
+class UnusablePhotoError(WhaleidError):
+    """A readable photo with nothing to identify in it: too small, too narrow or one flat colour
+    (HTTP 422). The photo is at fault, not the server."""
+
+
+def check_photo(img: Image.Image, name: str = "image") -> None:
+    """Refuse, with the reason, a decoded photo that no crop of could show an animal.
+
+    Serving checks each photo with this before it joins a batch, so a photo that cannot be
+    used is refused alone and never reaches the models with others' photos.
+    """
+    width, height = img.size
+    if min(width, height) < MIN_SIDE:
+        raise UnusablePhotoError(
+            f"{name} is {width}x{height} pixels: too small to crop; each side needs at least "
+            f"{MIN_SIDE} pixels"
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise UnusablePhotoError(
+            f"{name} is {width}x{height} pixels: too narrow; the longer side may be at most "
+            f"{MAX_ASPECT:g} times the shorter"
+        )
+    extrema = img.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if all(low == high for low, high in bands):  # type: ignore[misc]
+        raise UnusablePhotoError(f"{name} has no usable pixels: every pixel is the same colour")

@@ -33,14 +33,16 @@ def free_port() -> int:
 
 
 def serve_env(
-    bundle: Path, gallery: Path, keys_file: Path, providers: str = "cpu", **extra: str
+    bundle: Path, gallery: Path | str, keys_file: Path, providers: str = "cpu", **extra: str
 ) -> dict[str, str]:
-    """This process's environment without its WHALEID_* variables, plus the server's."""
+    """This process's environment without its WHALEID_* variables, plus the server's.
+    `gallery` is a SQLite file or a store URL (`postgresql://...`), passed as it is."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHALEID_")}
+    store = gallery if isinstance(gallery, str) and "://" in gallery else Path(gallery).resolve()
     env.update(
         PYTHONPATH=str(REPO),
         WHALEID_BUNDLE=str(Path(bundle).resolve()),
-        WHALEID_GALLERY=str(Path(gallery).resolve()),
+        WHALEID_GALLERY=str(store),
         WHALEID_KEYS_FILE=str(Path(keys_file).resolve()),
         WHALEID_PROVIDERS=providers,
         WHALEID_LOG_LEVEL="warning",
@@ -63,6 +65,10 @@ class ServeProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
     def start(self, timeout: float = 180.0) -> None:
         """Start the server and wait until /readyz answers 200."""
@@ -96,6 +102,13 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no lifespan, as a power cut or the OOM killer would stop it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
         self.proc = None
 
     def restart(self) -> None:

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.decode import ImageTooLargeError, UnreadableImageError, UnsupportedImageTypeError
 from app.errors import install_error_handlers
+from app.preprocess import UnusablePhotoError
 from gallery.errors import ConflictError, NotFoundError, WhaleidError
 from gallery.gallery import GalleryInputError
 
@@ -18,6 +19,7 @@ from gallery.gallery import GalleryInputError
         (UnreadableImageError("truncated"), 400, "unreadable_image"),
         (UnsupportedImageTypeError("a GIF"), 415, "unsupported_media_type"),
         (ImageTooLargeError("40000x40000"), 413, "too_large"),
+        (UnusablePhotoError("10000x8: too narrow"), 422, "unusable_image"),
         (NotFoundError("no fin_1"), 404, "not_found"),
         (ConflictError("already fin_2's"), 409, "conflict"),
         (GalleryInputError("'new_individual' is reserved"), 422, "invalid_field"),

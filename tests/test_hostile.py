@@ -1,15 +1,21 @@
 """Hostile and odd uploads against the real server: each bad one gets a 4xx JSON error and the
-server keeps answering; the odd-but-readable ones (CMYK, 16-bit, EXIF-rotated) are identified."""
+server keeps answering; the odd-but-readable ones (CMYK, 16-bit, EXIF-rotated) are identified.
+Odd photos sent by several clients at once, mixed with ordinary ones into the same batches,
+change nothing for the ordinary photos: one photo fails only its own request."""
 
 from __future__ import annotations
 
+import random
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from fixtures.service import Server, catalogue_photos
-from fixtures.uploads import bomb_png, encode
+from fixtures.service import GALLERY_INDIVIDUALS, GALLERY_PHOTOS, Server, catalogue_photos
+from fixtures.uploads import OddUpload, bomb_png, encode, odd_uploads
 from PIL import Image
 
 # The first test to ask for the session bundle pays for training it (two runs and a detector,
@@ -129,3 +135,107 @@ def test_readable_oddities_are_identified(service: Server, photo: Image.Image) -
     assert got[0]["individual_id"] == expected[0]["individual_id"]
     assert got[0]["score"] == pytest.approx(expected[0]["score"], abs=0.03)
     assert_alive(service)
+
+
+def answer(response: httpx.Response) -> dict[str, float]:
+    """individual id → score, of a 200 answer."""
+    assert response.status_code == 200, response.text
+    return {p["individual_id"]: p["score"] for p in response.json()["predictions"]}
+
+
+def assert_same_answer(got: dict[str, float], expected: dict[str, float], label: str) -> None:
+    # Batched and lone runs of the same model differ in the last float bits at most.
+    assert list(got) == list(expected), label
+    for individual_id, score in expected.items():
+        assert got[individual_id] == pytest.approx(score, abs=1e-4), label
+
+
+def multi_photo_batches(server: Server) -> int:
+    """How many embedding batches so far held more than one photo (from /metrics)."""
+    with server.client() as client:
+        text = client.get("/metrics").text
+
+    def value(pattern: str) -> float:
+        match = re.search(pattern, text, re.M)
+        assert match, pattern
+        return float(match.group(1))
+
+    count = value(r"^whaleid_batch_size_count (\S+)$")
+    return int(count - value(r'^whaleid_batch_size_bucket\{le="1\.0"\} (\S+)$'))
+
+
+def test_odd_photos_alone(service: Server, photo: Image.Image) -> None:
+    expected = answer(identify(service, encode(photo, "JPEG", quality=95)))
+    top = next(iter(expected))
+    for odd in odd_uploads(photo):
+        response = identify(service, odd.content, name=odd.label, mime=odd.mime)
+        if odd.status != 200:
+            assert_error(response, odd.status, odd.code or "")
+            assert odd.label in response.json()["error"]["message"]
+            continue
+        got = answer(response)
+        assert len(got) == len(expected), odd.label
+        if odd.label.startswith("EXIF"):
+            # Turned back upright: the same animal, as sure as before.
+            assert next(iter(got)) == top, odd.label
+            assert got[top] == pytest.approx(expected[top], abs=0.03), odd.label
+    assert_alive(service)
+
+
+def test_odd_photos_mixed_into_concurrent_batches(
+    service: Server, photo: Image.Image, catalogue: Path
+) -> None:
+    """12 clients at once send ordinary photos and the odd family, shuffled, twice over: no 5xx,
+    every odd photo gets its own answer, and every other photo the answer it gets alone."""
+    photos = catalogue_photos(catalogue)
+    ordinary = [
+        OddUpload(path.name, path.read_bytes(), "image/jpeg")
+        for individual_id in list(photos)[:GALLERY_INDIVIDUALS]
+        for path in photos[individual_id][GALLERY_PHOTOS:]
+    ]
+    family = odd_uploads(photo)
+    alone: dict[str, dict[str, float]] = {}
+    for upload in ordinary + [o for o in family if o.status == 200]:
+        alone[upload.label] = answer(
+            identify(service, upload.content, name=upload.label, mime=upload.mime)
+        )
+    jobs = (ordinary + family) * 2
+    random.Random(15).shuffle(jobs)
+    batched_before = multi_photo_batches(service)
+
+    def send(upload: OddUpload) -> tuple[OddUpload, int, Any]:
+        response = identify(service, upload.content, name=upload.label, mime=upload.mime)
+        return upload, response.status_code, response.json()
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = list(pool.map(send, jobs))
+
+    assert [(u.label, status) for u, status, _ in outcomes if status >= 500] == []
+    for upload, status, body in outcomes:
+        assert status == upload.status, (upload.label, body)
+        if status == 200:
+            got = {p["individual_id"]: p["score"] for p in body["predictions"]}
+            assert_same_answer(got, alone[upload.label], upload.label)
+        else:
+            assert body["error"]["code"] == upload.code, (upload.label, body)
+    # The ordinary photos did share batches with the odd ones that could be embedded.
+    assert multi_photo_batches(service) > batched_before
+    assert_alive(service)
+
+
+def test_one_unusable_photo_refuses_its_registration_and_stores_nothing(
+    service: Server, photo: Image.Image
+) -> None:
+    refused = next(o for o in odd_uploads(photo) if o.label == "4000x40 PNG")
+    files = [
+        ("image", ("good.jpg", encode(photo, "JPEG", quality=90), "image/jpeg")),
+        ("image", (refused.label, refused.content, refused.mime)),
+    ]
+    with service.client(service.write_key) as client:
+        before = client.get("/gallery/individuals", params={"limit": 1000}).json()["items"]
+        response = client.post("/gallery", files=files, data={"individual_id": "odd_fin_1"})
+        assert_error(response, 422, "unusable_image")
+        assert "4000x40 PNG is 4000x40 pixels: too narrow" in response.json()["error"]["message"]
+        assert client.get("/gallery/individuals/odd_fin_1").status_code == 404
+        after = client.get("/gallery/individuals", params={"limit": 1000}).json()["items"]
+    assert after == before

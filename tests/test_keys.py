@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -98,8 +99,10 @@ def test_keys_and_providers_from_env(
 
 
 def jpeg() -> bytes:
+    """A photo with something in it (a flat colour is refused as unusable)."""
     buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (20, 60, 90)).save(buf, "JPEG")
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, "JPEG")
     return buf.getvalue()
 
 

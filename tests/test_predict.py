@@ -168,6 +168,40 @@ def test_predict_with_a_toy_bundle(toy_bundle: Path, tmp_path: Path) -> None:
         assert len(ids) == 5 and ids[0] == f"ind-{Path(name).stem}"
 
 
+def test_predict_lists_unusable_photos_and_goes_on(
+    toy_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Photos the models cannot use (a pixel, a sliver, a blank) are named with the reason and
+    counted; every other photo of their batch is identified."""
+    paths = toy_photos(tmp_path / "photos", 3)
+    pipeline = Pipeline.from_bundle(toy_bundle)
+    vectors = pipeline.embed([open_image(p) for p in paths]).vectors
+    with Gallery.open(
+        f"sqlite:///{tmp_path / 'g.db'}", fingerprint=pipeline.fingerprint, dim=vectors.shape[1]
+    ) as gallery:
+        gallery.import_images(
+            ImportItem(f"ind-{p.stem}", None, NewImage(p.read_bytes(), p.name, v))
+            for p, v in zip(paths, vectors, strict=True)
+        )
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (1, 1, 3), dtype=np.uint8)).save(
+        tmp_path / "photos" / "a-pixel.png"
+    )
+    Image.fromarray(rng.integers(0, 255, (20, 10000, 3), dtype=np.uint8)).save(
+        tmp_path / "photos" / "a-sliver.png"
+    )
+    Image.new("RGB", (64, 48), (0, 0, 0)).save(tmp_path / "photos" / "blank.png")
+    predict(toy_bundle, tmp_path / "g.db", tmp_path / "photos", tmp_path / "s.csv")
+    submission = read_submission(tmp_path / "s.csv")
+    assert sorted(submission) == sorted(p.name for p in paths)
+    assert all(ids[0] == f"ind-{Path(name).stem}" for name, ids in submission.items())
+    err = capsys.readouterr().err
+    assert "skipped a-pixel.png: a-pixel.png is 1x1 pixels: too small" in err
+    assert "skipped a-sliver.png: a-sliver.png is 10000x20 pixels: too narrow" in err
+    assert "skipped blank.png: blank.png has no usable pixels" in err
+    assert "3 unusable photo(s) left out" in err
+
+
 def test_predict_refuses_a_missing_gallery(
     toy_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

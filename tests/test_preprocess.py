@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from app.preprocess import EmbedTransform, crop_box, hflip, letterbox, pad_box, to_batch
+from app.preprocess import (
+    MAX_ASPECT,
+    MIN_SIDE,
+    EmbedTransform,
+    UnusablePhotoError,
+    check_photo,
+    crop_box,
+    hflip,
+    letterbox,
+    pad_box,
+    to_batch,
+)
 
 
 def test_normalisation_is_rgb_chw_scaled_and_standardised() -> None:
@@ -47,3 +59,49 @@ def test_letterbox_round_trip() -> None:
     np.testing.assert_allclose(arr[:, 10, 160] * 255, [114, 114, 114], atol=1e-4)
     box = np.array([[0 * 0.8, 80 + 50 * 0.8, 200 * 0.8, 80 + 150 * 0.8]])
     np.testing.assert_allclose(placement.unmap(box), [[0, 50, 200, 150]], atol=1e-4)
+
+
+def test_letterbox_keeps_a_pixel_of_a_sliver() -> None:
+    # 10000 x 8 scales by 0.064 to 640 x 0.5: the short side keeps one row, not zero.
+    img = Image.new("RGB", (10000, 8), (200, 10, 10))
+    arr, placement = letterbox(img, 640)
+    assert arr.shape == (3, 640, 640)
+    rows = np.flatnonzero(np.abs(arr[0, :, 320] * 255 - 200) < 1e-3)
+    assert len(rows) == 1 and placement.size == (10000, 8)
+
+
+def noisy(width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(width * 7 + height)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [
+        ((1, 1), "too small"),
+        ((MIN_SIDE - 1, 400), "too small"),
+        ((10000, 20), "too narrow"),
+        ((int(MIN_SIDE * MAX_ASPECT) + 1, MIN_SIDE), "too narrow"),
+    ],
+)
+def test_photos_too_small_or_too_narrow_are_refused_with_the_reason(
+    size: tuple[int, int], reason: str
+) -> None:
+    with pytest.raises(UnusablePhotoError, match=reason) as refused:
+        check_photo(noisy(*size), "fin.jpg")
+    assert "fin.jpg" in str(refused.value) and f"{size[0]}x{size[1]}" in str(refused.value)
+
+
+def test_a_flat_photo_has_no_usable_pixels() -> None:
+    for mode, colour in (("RGB", (40, 90, 140)), ("L", 7)):
+        with pytest.raises(UnusablePhotoError, match="no usable pixels"):
+            check_photo(Image.new(mode, (300, 200), colour))  # type: ignore[arg-type]
+
+
+def test_photos_at_the_limits_are_usable() -> None:
+    check_photo(noisy(MIN_SIDE, MIN_SIDE))
+    check_photo(noisy(int(MIN_SIDE * MAX_ASPECT), MIN_SIDE))
+    check_photo(noisy(MIN_SIDE, int(MIN_SIDE * MAX_ASPECT)))
+    almost_flat = Image.new("RGB", (300, 200), (40, 90, 140))
+    almost_flat.putpixel((5, 5), (41, 90, 140))
+    check_photo(almost_flat)

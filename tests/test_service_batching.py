@@ -1,5 +1,6 @@
-"""The micro-batcher: concurrent submissions share a call, a lone one waits at most max_wait,
-results go back to their own callers, and a failing batch fails only its own requests."""
+"""The micro-batcher: concurrent submissions share a call, a lone one runs at once (max_wait is
+for steady load only), results go back to their own callers, and an item that breaks its batch
+fails only its own request."""
 
 from __future__ import annotations
 
@@ -42,20 +43,70 @@ def test_concurrent_requests_are_grouped_and_answered_in_order() -> None:
     assert threads == {next(iter(threads))} and "t" in next(iter(threads))
 
 
-def test_a_lone_request_waits_at_most_max_wait() -> None:
+def test_a_lone_request_runs_at_once_not_after_max_wait() -> None:
     sizes: list[int] = []
 
-    async def main() -> float:
-        batcher = MicroBatcher(lambda xs: xs, max_batch=64, max_wait=0.01)
+    async def main() -> None:
+        # Were the lone request held for company, it would wait 30 s: the bound is 5 s.
+        batcher = MicroBatcher(lambda xs: xs, max_batch=64, max_wait=30.0)
         batcher.on_batch = lambda size, seconds: sizes.append(size)
         batcher.start()
-        start = time.perf_counter()
-        await batcher.submit("x")
-        elapsed = time.perf_counter() - start
-        await batcher.close()
-        return elapsed
+        try:
+            for item in ("x", "y"):
+                result, _ = await asyncio.wait_for(batcher.submit(item), timeout=5)
+                assert result == item
+        finally:
+            await batcher.close()
 
-    assert run(main()) < 0.5 and sizes == [1]
+    run(main())
+    assert sizes == [1, 1]
+
+
+def test_under_steady_load_it_waits_for_as_many_as_last_time() -> None:
+    sizes: list[int] = []
+
+    async def main() -> None:
+        batcher = MicroBatcher(lambda xs: xs, max_batch=16, max_wait=30.0)
+        batcher.on_batch = lambda size, seconds: sizes.append(size)
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+            # The same four clients come back one, then three 50 ms later: one batch of four.
+            first = asyncio.ensure_future(batcher.submit(10))
+            await asyncio.sleep(0.05)
+            rest = [batcher.submit(i) for i in range(11, 14)]
+            results = await asyncio.wait_for(asyncio.gather(first, *rest), timeout=5)
+            assert [r for r, _ in results] == [10, 11, 12, 13]
+        finally:
+            await batcher.close()
+
+    run(main())
+    assert sizes == [4, 4]
+
+
+def test_an_item_that_breaks_its_batch_fails_alone() -> None:
+    calls: list[list[int]] = []
+
+    def fragile(items: list[int]) -> list[int]:
+        calls.append(items)
+        if -1 in items:
+            raise ValueError("bad item")
+        return [10 * i for i in items]
+
+    async def main() -> list[tuple[int, float] | BaseException]:
+        batcher = MicroBatcher(fragile, max_batch=8, max_wait=0.0)
+        batcher.start()
+        try:
+            jobs = [batcher.submit(i) for i in (1, -1, 2, 3)]
+            return await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            await batcher.close()
+
+    results = run(main())
+    assert [r[0] for r in results if isinstance(r, tuple)] == [10, 20, 30]
+    assert isinstance(results[1], ValueError) and str(results[1]) == "bad item"
+    # One batch of all four, then each alone to find out whose fault it was.
+    assert calls == [[1, -1, 2, 3], [1], [-1], [2], [3]]
 
 
 def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:

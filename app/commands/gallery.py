@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from app.decode import decode_image
 from app.pipeline import Pipeline
+from app.preprocess import check_photo
 from app.settings import StoreSettings, load_store_settings
 from gallery import images, individuals
 from gallery.batches import chunks
@@ -173,7 +174,7 @@ def _import(args: argparse.Namespace, url: str, photos_dir: Path | None) -> int:
         print(f"skipped {line}", file=sys.stderr)
     print(
         f"imported {counts.added} photos ({counts.existing} already there, "
-        f"{len(counts.conflicts)} conflicts, {len(unreadable)} unreadable); "
+        f"{len(counts.conflicts)} conflicts, {len(unreadable)} unreadable or unusable); "
         f"the gallery holds {size} embeddings"
     )
     return 0
@@ -198,9 +199,9 @@ def _import_photos(
             if content_hash(content) in known:
                 continue
             try:
-                decoded.append(
-                    (photo, content, decode_image(content, draft_side=None, name=photo.image))
-                )
+                image = decode_image(content, draft_side=None, name=photo.image)
+                check_photo(image, photo.image)  # refused as POST /gallery refuses it
+                decoded.append((photo, content, image))
             except WhaleidError as exc:
                 unreadable.append(f"{photo.image}: {exc}")
         if decoded:

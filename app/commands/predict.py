@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from app.decode import open_image
 from app.pipeline import Pipeline
+from app.preprocess import check_photo
 from gallery.batches import chunks
 from gallery.errors import WhaleidError
 from gallery.gallery import Gallery
@@ -78,8 +79,11 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _decode(path: Path) -> Image.Image | WhaleidError:
+    """The photo, or why it cannot be used (the same refusals as POST /identify)."""
     try:
-        return open_image(path)
+        image = open_image(path)
+        check_photo(image, path.name)
+        return image
     except WhaleidError as exc:
         return exc
 
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
             threshold = pipeline.manifest.threshold_for(args.species, gallery.size)
         rows, skipped = _identify(args, pipeline, gallery, photos, threshold)
     _write_csv(args.out, rows)
-    note = f", {len(skipped)} unreadable photo(s) left out" if skipped else ""
+    # Each was named with its reason as it was skipped.
+    note = f", {len(skipped)} unusable photo(s) left out" if skipped else ""
     print(f"wrote {len(rows)} rows to {args.out}{note}", file=sys.stderr)
     return 0
 
@@ -122,7 +127,7 @@ def _identify(
     photos: list[Path],
     threshold: float,
 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """(image, predictions) rows for every readable photo, and the unreadable ones' names."""
+    """(image, predictions) rows for every usable photo, and the others' names."""
     rows: list[tuple[str, str]] = []
     skipped: list[str] = []
     progress = tqdm(total=len(photos), unit="photo", disable=args.quiet, file=sys.stderr)

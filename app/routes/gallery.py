@@ -34,7 +34,10 @@ router = APIRouter(prefix="/gallery", tags=["gallery"])
 IndividualId = Annotated[
     str, Path(pattern=ID_PATTERN, description="the individual's id", examples=["fin_0042"])
 ]
-ImageId = Annotated[int, Path(ge=0, description="the image's id")]
+# Both stores count in signed 64-bit integers (image ids, offsets): a larger number is
+# refused here rather than overflowing in the store's driver.
+INT64_MAX = 2**63 - 1
+ImageId = Annotated[int, Path(ge=0, le=INT64_MAX, description="the image's id")]
 
 
 @router.post(
@@ -102,7 +105,7 @@ async def list_individuals(
     _key: ReadAccess,
     engine: EngineDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
-    offset: Annotated[int, Query(ge=0, description="how many to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX, description="how many to skip")] = 0,
     species: Annotated[
         str | None, Query(max_length=LABEL_MAX_LENGTH, description="only this species")
     ] = None,
