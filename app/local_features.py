@@ -111,7 +111,7 @@ def content_mask(keypoints: np.ndarray, boxes: Sequence[Letterbox], border: floa
     inside = (keypoints >= lo[:, None] + border) & (
         keypoints <= lo[:, None] + size[:, None] - border
     )
-    return inside.all(axis=2)
+    return np.asarray(inside.all(axis=2))
 
 
 def _check_names(session_names: Sequence[str], expected: Sequence[str], path: Path) -> None:

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ class AlikedExtractor(nn.Module):
 
     def __init__(self, aliked: nn.Module, max_keypoints: int) -> None:
         super().__init__()
-        self.aliked = aliked
+        self.aliked: Any = aliked
         self.max_keypoints = max_keypoints
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,7 +150,7 @@ class AlikedExtractor(nn.Module):
 
     def _describe(self, x: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
         """SDDH over all images' keypoints at once."""
-        head = self.aliked.desc_head
+        head: Any = self.aliked.desc_head
         n, c, h, w = x.shape
         k = keypoints.shape[1]
         ps, n_pos = head.kernel_size, head.n_pos
@@ -183,7 +184,7 @@ class DiskExtractor(nn.Module):
 
     def __init__(self, disk: nn.Module, max_keypoints: int, window: int = 5) -> None:
         super().__init__()
-        self.disk = disk.model  # the kornia DISK inside the wheel's wrapper
+        self.disk: Any = disk.model  # the kornia DISK inside the wheel's wrapper
         self.max_keypoints = max_keypoints
         self.window = window
 
@@ -243,7 +244,7 @@ class LightGlueMatcher(nn.Module):
 
     def __init__(self, lightglue: nn.Module, input_side: int) -> None:
         super().__init__()
-        self.lightglue = lightglue
+        self.lightglue: Any = lightglue
         self.input_side = input_side
 
     def forward(
@@ -280,7 +281,7 @@ class LightGlueMatcher(nn.Module):
 
     @staticmethod
     def _self_block(
-        block: nn.Module, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor
+        block: Any, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         n, slots, _ = x.shape
         qkv = block.Wqkv(x).reshape(n, slots, block.num_heads, -1, 3).transpose(1, 2)
@@ -291,7 +292,7 @@ class LightGlueMatcher(nn.Module):
 
     @staticmethod
     def _cross_block(
-        block: nn.Module, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor
+        block: Any, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(t.shape[0], t.shape[1], block.heads, -1).transpose(1, 2)
@@ -310,7 +311,7 @@ class LightGlueMatcher(nn.Module):
 
     @staticmethod
     def _assign(
-        head: nn.Module,
+        head: Any,
         d0: torch.Tensor,
         d1: torch.Tensor,
         mask0: torch.Tensor,
@@ -492,15 +493,11 @@ def torch_matches(
             slots0 = np.flatnonzero(features0.mask[b])
             slots1 = np.flatnonzero(features1.mask[b])
 
-            def side_data(f: LocalFeatures, slots: np.ndarray) -> dict[str, torch.Tensor]:
-                return {
-                    "keypoints": torch.from_numpy(f.keypoints[b, slots])[None],
-                    "descriptors": torch.from_numpy(f.descriptors[b, slots])[None],
-                    "image_size": size,
-                }
-
             result = lightglue(
-                {"image0": side_data(features0, slots0), "image1": side_data(features1, slots1)}
+                {
+                    "image0": _torch_side(features0, b, slots0, size),
+                    "image1": _torch_side(features1, b, slots1, size),
+                }
             )
             m0 = result["matches0"][0].numpy()
             hit = m0 >= 0
@@ -518,6 +515,16 @@ def reframe(crop: Image.Image) -> Image.Image:
     return cut.resize((max(1, round(cut.width * 0.85)), max(1, round(cut.height * 0.85))))
 
 
+def _torch_side(
+    features: LocalFeatures, row: int, slots: np.ndarray, size: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    return {
+        "keypoints": torch.from_numpy(features.keypoints[row, slots])[None],
+        "descriptors": torch.from_numpy(features.descriptors[row, slots])[None],
+        "image_size": size,
+    }
+
+
 def check_matcher_parity(
     spec: MatcherSpec,
     bundle_dir: Path,
@@ -533,7 +540,8 @@ def check_matcher_parity(
         onnx_extractor = OnnxExtractor(bundle_dir / spec.extractor_file, spec, providers)
         onnx_matcher = OnnxLightGlue(bundle_dir / spec.matcher_file, spec, providers)
     except BundleError as exc:
-        raise MatcherExportError(f"exported matcher does not load as serving loads it: {exc}")
+        msg = f"exported matcher does not load as serving loads it: {exc}"
+        raise MatcherExportError(msg) from exc
     crops = [*crops, *(reframe(crop) for crop in crops)]
     batch, _ = letterbox_crops(crops, spec.input_side)
     features = onnx_extractor.extract(crops)
