@@ -41,7 +41,7 @@ def test_mutual_nearest_finds_the_true_pairs_and_respects_masks() -> None:
     mask0 = np.ones(len(desc), dtype=bool)
     mask1 = np.ones(len(desc), dtype=bool)
     i0, i1, sim = mutual_nearest(desc, mask0, desc1, mask1, min_similarity=0.5)
-    assert (i0 == i1).mean() > 0.98 and seen[i0].all()
+    assert (i0 == i1).mean() > 0.98 and seen[i0].all() and (sim >= 0.5).all()
     assert len(i0) > 0.9 * seen.sum()
     # Masked slots (padding) never take part.
     mask1[:50] = False
