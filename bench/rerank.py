@@ -58,8 +58,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--side", type=int, default=256, help="letterbox side of the extractor")
     p.add_argument("--keypoints", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--matchers",
+        default="lightglue,numpy",
+        help="local matchers to run (comma-separated): LightGlue costs ~30× the numpy one",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run on a handful of individuals")
     args = p.parse_args(argv)
+    args.matchers = [m for m in args.matchers.split(",") if m]
+    if set(args.matchers) - {"lightglue", "numpy"}:
+        p.error(f"--matchers: choose among lightglue, numpy (got {args.matchers})")
     if args.quick:
         args.known, args.new, args.val_known, args.val_new, args.shortlist = 6, 3, 6, 3, 4
     return args
@@ -164,7 +172,7 @@ def score_split(
     split: Split,
     embed: dict[Path, np.ndarray],
     feats: dict[Path, LocalFeatures],
-    lightglue: OnnxLightGlue,
+    lightglue: OnnxLightGlue | None,
     shortlist: int,
     side: int,
     costs: dict[str, list[float]],
@@ -179,9 +187,11 @@ def score_split(
     gallery_feats = LocalFeatures.concat([feats[p] for p in split.gallery])
     for i, path in enumerate(split.queries):
         query, candidates = feats[path], gallery_feats.take(order[i])
-        counts, seconds = cpu_timed(lambda: lightglue.match(query, candidates).counts)  # noqa: B023
-        glue[i] = counts
-        costs["lightglue"].append(seconds / b)
+        if lightglue is not None:
+            glue[i], seconds = cpu_timed(lambda: lightglue.match(query, candidates).counts)  # noqa: B023
+            costs["lightglue"].append(seconds / b)
+        if "numpy" not in costs:
+            continue
         counts, seconds = cpu_timed(
             lambda: inlier_counts(
                 query.keypoints[0],  # noqa: B023
@@ -195,14 +205,11 @@ def score_split(
         )
         cheap[i] = counts
         costs["numpy"].append(seconds / b)
+    scores = {"global": np.take_along_axis(sims, order, axis=1), "lightglue": glue, "numpy": cheap}
     return Scored(
         labels=split.gallery_labels[order],
         truth=split.truth,
-        scores={
-            "global": np.take_along_axis(sims, order, axis=1),
-            "lightglue": glue,
-            "numpy": cheap,
-        },
+        scores={name: scores[name] for name in ["global", *costs]},
     )
 
 
@@ -225,9 +232,10 @@ def evaluate(val: Scored, test: Scored) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     val_hits = (val.labels == val.truth[:, None]).ravel()
     methods: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for name in ("global", "lightglue", "numpy"):
+    locals_ = [name for name in val.scores if name != "global"]
+    for name in val.scores:
         methods[name] = (val.scores[name], test.scores[name], _grid(val.scores[name]))
-    for local in ("lightglue", "numpy"):
+    for local in locals_:
         for how in ("mean", "logistic"):
             fusion = fit_fusion(
                 val.scores["global"].ravel(), val.scores[local].ravel(), val_hits, method=how
@@ -259,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     folder, spec = matcher(args)
     emb, embed_cpu = cpu_timed(lambda: global_embeddings(paths))
     extractor = OnnxExtractor(folder / spec.extractor_file, spec)
-    lightglue = OnnxLightGlue(folder / spec.matcher_file, spec)
+    lightglue = None
+    if "lightglue" in args.matchers:
+        lightglue = OnnxLightGlue(folder / spec.matcher_file, spec)
     from PIL import Image
 
     feats: dict[Path, LocalFeatures] = {}
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         feats[path] = extractor.extract([Image.open(path).convert("RGB")])
     extract_cpu = (time.process_time() - start) / len(paths)
-    costs: dict[str, list[float]] = {"lightglue": [], "numpy": []}
+    costs: dict[str, list[float]] = {name: [] for name in args.matchers}
     embed = dict(zip(paths, emb, strict=True))
     scored = [
         score_split(s, embed, feats, lightglue, args.shortlist, args.side, costs)
@@ -284,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_seconds": {
             "global_embed_per_photo": embed_cpu / len(paths),
             "extract_per_photo": extract_cpu,
-            "lightglue_per_pair": float(np.mean(costs["lightglue"])),
-            "numpy_per_pair": float(np.mean(costs["numpy"])),
+            **{f"{name}_per_pair": float(np.mean(costs[name])) for name in costs},
         },
         "methods": rows,
     }
