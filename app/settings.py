@@ -55,8 +55,10 @@ class Settings(BaseSettings):
         "default: the folder the gallery recorded, else <name>-photos/ beside a SQLite file; "
         "a PostgreSQL gallery keeps none unless given one",
     )
-    index: Literal["flat", "hnsw"] = Field(
-        "flat", description="faiss index: flat (exact) or hnsw (approximate, for millions)"
+    index: Literal["auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw"] = Field(
+        "auto",
+        description="faiss index: auto (flat, exact, below 100,000 photos; ivf-flat above, "
+        "chosen at each start), or one kind: flat, ivf-flat, ivf-sq8, ivf-pq, hnsw",
     )
     index_snapshot: Path | None = Field(
         None, description="file to restore the index from at start and save it to at stop"

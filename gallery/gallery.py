@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gallery.errors import WhaleidError
-from gallery.index import KINDS, VectorIndex
+from gallery.index import CHOICES, VectorIndex, choose_kind
 from gallery.labels import Labels
 from gallery.locks import RWLock
 from gallery.photos import PhotoStore, content_hash, resolve_photos_dir
@@ -96,19 +96,26 @@ class Gallery:
         hnsw_m: int = 32,
         ef_construction: int = 64,
         ef_search: int = 128,
+        nlist: int = 0,
+        nprobe: int = 32,
+        min_train: int = 10_000,
     ) -> None:
-        if index not in KINDS:
-            raise GalleryInputError(f"index {index!r}: expected one of {', '.join(KINDS)}")
+        if index not in CHOICES:
+            raise GalleryInputError(f"index {index!r}: expected one of {', '.join(CHOICES)}")
         self.store = store
         self.fingerprint = fingerprint
         self.dim = dim
         self.photos = photos
-        self.kind = index
+        self.index_setting = index  # "auto" resolves to a kind at each build
+        self.kind = choose_kind(index, 0)
         self.snapshot_path = Path(snapshot) if snapshot is not None else None
         self._index_params = {
             "hnsw_m": hnsw_m,
             "ef_construction": ef_construction,
             "ef_search": ef_search,
+            "nlist": nlist,
+            "nprobe": nprobe,
+            "min_train": min_train,
         }
         self._store_uuid = store.info().uuid
         self._rw = RWLock()
@@ -182,18 +189,24 @@ class Gallery:
         header = read_snapshot_header(path)
         if header is None:
             return False
-        expected = (self._store_uuid, self.fingerprint, self.dim, self.kind)
+        kind = choose_kind(self.index_setting, header.size)
+        expected = (self._store_uuid, self.fingerprint, self.dim, kind)
         found = (header.store_uuid, header.fingerprint, header.dim, header.kind)
         if found != expected or header.seq > self.store.head():
             log.info("snapshot %s is for another store, model or index: ignored", path)
             return False
         try:
-            header, index, labels = read_snapshot(path, ef_search=self._index_params["ef_search"])
+            header, index, labels = read_snapshot(
+                path,
+                ef_search=self._index_params["ef_search"],
+                nprobe=self._index_params["nprobe"],
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning("snapshot %s unreadable (%s): rebuilding", path, exc)
             return False
         with self._rw.write():
             self._index, self._labels, self.seq = index, labels, header.seq
+            self.kind = kind
             self._snapshot_seq = header.seq
         return True
 
@@ -208,18 +221,18 @@ class Gallery:
         return True  # the store keeps moving: trust the replay
 
     def _build(self) -> None:
-        """A fresh index from one consistent scan of the store."""
-        index, labels = self._new_index(), Labels()
-        head = 0
-        for batch in self.store.scan_embeddings(fingerprint=self.fingerprint, dim=self.dim):
-            head = batch.head
-            codes = np.asarray([labels.code(i) for i in batch.individual_ids], dtype=np.int32)
-            index.add(batch.ids, batch.vectors)
-            labels.assign(batch.ids, codes)
+        """A fresh index from one consistent read of the store (an IVF is trained on it)."""
+        labels = Labels()
+        batch = self.store.read_embeddings(fingerprint=self.fingerprint, dim=self.dim)
+        kind = choose_kind(self.index_setting, len(batch.ids))
+        index = VectorIndex.build(self.dim, kind, batch.ids, batch.vectors, **self._index_params)
+        codes = np.asarray([labels.code(i) for i in batch.individual_ids], dtype=np.int32)
+        labels.assign(batch.ids, codes)
         for name, species in self.store.species_of(individual_ids=labels.names).items():
             labels.species[labels.code(name)] = species
         with self._rw.write():
-            self._index, self._labels, self.seq = index, labels, head
+            self._index, self._labels, self.seq = index, labels, batch.head
+            self.kind = kind
 
     # -- following the store -------------------------------------------------------------------
 
