@@ -242,3 +242,36 @@ def test_hnsw_gallery_agrees_with_flat_on_small_data(store_url: str, tmp_path: P
         assert g.size == 15
         (row,) = g.search(centres["ind-5"][None], threshold=-1.0)
         assert "ind-5" not in [c.individual_id for c in row]
+
+
+def test_ivf_gallery_trains_on_the_store_and_matches_flat(store_url: str, tmp_path: Path) -> None:
+    snap = tmp_path / "ivf.snap"
+    with Gallery.open(store_url, fingerprint=FP, dim=DIM) as g:
+        centres = populate(g, individuals=40, photos=4)
+    queries = np.stack([near(c, 0.2, 7) for c in centres.values()])
+    with Gallery.open(store_url, fingerprint=FP, dim=DIM) as flat:
+        expected = flat.search(queries, threshold=0.5)
+    ivf_params = {"min_train": 100, "nprobe": 1 << 20}  # every cell: exact, comparable
+    with Gallery.open(
+        store_url, fingerprint=FP, dim=DIM, index="ivf-flat", snapshot=snap, **ivf_params
+    ) as g:
+        assert g.kind == "ivf-flat" and g._index.trained and g.size == 160
+        assert g.search(queries, threshold=0.5) == expected
+        g.delete_individual("ind-0")
+        (row,) = g.search(centres["ind-0"][None], threshold=-1.0)
+        assert "ind-0" not in [c.individual_id for c in row] and g.size == 156
+    with Gallery.open(
+        store_url, fingerprint=FP, dim=DIM, index="ivf-flat", snapshot=snap, **ivf_params
+    ) as g:
+        assert g.loaded_from == "snapshot" and g._index.trained and g.size == 156
+
+
+def test_auto_gallery_is_flat_while_small(store_url: str, tmp_path: Path) -> None:
+    snap = tmp_path / "auto.snap"
+    with Gallery.open(store_url, fingerprint=FP, dim=DIM, index="auto", snapshot=snap) as g:
+        assert g.kind == "flat"
+        populate(g, individuals=2)
+    with Gallery.open(store_url, fingerprint=FP, dim=DIM, index="auto", snapshot=snap) as g:
+        assert g.loaded_from == "snapshot" and g.kind == "flat" and g.size == 6
+    with pytest.raises(GalleryInputError, match="expected one of auto"):
+        Gallery.open(store_url, fingerprint=FP, dim=DIM, index="annoy")
