@@ -514,6 +514,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="the demo's folder, built there unless it already is (default: .demo)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="passes over the queries")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=list(CONCURRENCY),
+        help="client threads of the (b) rows (default 1 8; bench/gpu.sh adds 32)",
+    )
     parser.add_argument("--limit", type=int, help="at most this many queries")
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where every model runs"
@@ -587,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         server = Server(inputs.bundle, db, Path(tmp), args.device)
         try:
             server.start()
-            for concurrency in CONCURRENCY:
+            for concurrency in args.concurrency:
                 log(f"(b) concurrency {concurrency}")
                 rows.append(time_http(server, queries, repeat, concurrency))
         except ServerFailed as exc:
@@ -604,7 +611,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     correct = sum(a == t for a, t in zip(raw.top1, truth, strict=True)) / len(queries)
     ratios = {}
-    for row, concurrency in zip(service, CONCURRENCY, strict=True):
+    for row, concurrency in zip(service, args.concurrency, strict=True):
         ratios[f"service_c{concurrency}/raw"] = row.images_per_s / raw.images_per_s
         ratios[f"service_c{concurrency}/seed"] = row.images_per_s / seed_row.images_per_s
         ratios[f"service_c{concurrency}/raw_spin"] = row.images_per_s / spinning.images_per_s
@@ -640,7 +647,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stages = {k: np.median([t[k] for t in row.server_ms]) for k in row.server_ms[0]}
         inside = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
         print(f"{row.key}: median ms inside the service: {inside}")
-    for concurrency in CONCURRENCY:
+    for concurrency in args.concurrency:
         print(
             f"concurrency {concurrency}: (b)/(a) = {ratios[f'service_c{concurrency}/raw']:.2f}, "
             f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}, "
