@@ -59,8 +59,8 @@ __all__ = [
     "check_parity",
     "export_bundle",
     "export_embedder",
-    "to_fp16",
     "retune_threshold",
+    "to_fp16",
 ]
 
 OPSET = 17
