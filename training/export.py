@@ -138,9 +138,7 @@ def to_fp16(graph: onnx.ModelProto, *, keep_io_types: bool = False) -> onnx.Mode
     in fp32; keep_io_types: float32 inputs and outputs (for a model fed fp32 tensors)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    graph = convert_float_to_float16(
-        graph, keep_io_types=keep_io_types, op_block_list=_FP32_OPS
-    )
+    graph = convert_float_to_float16(graph, keep_io_types=keep_io_types, op_block_list=_FP32_OPS)
     _sort_topologically(graph.graph)
     return graph
 
