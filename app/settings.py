@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         description="faiss index: auto (flat, exact, below 100,000 photos; ivf-flat above, "
         "chosen at each start), or one kind: flat, ivf-flat, ivf-sq8, ivf-pq, hnsw",
     )
+    index_nprobe: int = Field(
+        64,
+        ge=1,
+        description="cells an IVF index searches per query (of about √photos): more finds more "
+        "of the exact top hits, slower (bench/RESULTS.md, Gallery at scale)",
+    )
     index_snapshot: Path | None = Field(
         None, description="file to restore the index from at start and save it to at stop"
     )

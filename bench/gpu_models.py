@@ -37,14 +37,14 @@ __all__ = ["main"]
 def models(bundle: Path) -> list[tuple[str, Path, tuple[int, int]]]:
     """(name, file, input height × width) of the detector and each embedder."""
     manifest = Manifest.read(bundle, verify=True)
-    found = []
+    found: list[tuple[str, Path, tuple[int, int]]] = []
     if manifest.detector is not None:
         side = manifest.detector.input_size
         found.append(("detector", bundle / manifest.detector.file, (side, side)))
     for i, spec in enumerate(manifest.embedders):
-        size = spec.transform.input_size
-        found.append((f"embedder-{i} ({spec.timm_name})", bundle / spec.file, tuple(size)))
-    return found  # type: ignore[return-value]
+        height, width = spec.transform.input_size
+        found.append((f"embedder-{i} ({spec.timm_name})", bundle / spec.file, (height, width)))
+    return found
 
 
 def session(model: bytes, provider: str) -> ort.InferenceSession:

