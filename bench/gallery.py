@@ -55,8 +55,8 @@ SECTION = "## Gallery at scale (issue 17)"
 
 # (kind, build parameters, search parameter name, values swept)
 CONFIGS: list[tuple[str, dict[str, int], str, list[int]]] = [
-    ("ivf-flat", {}, "nprobe", [8, 16, 32, 64]),
-    ("ivf-sq8", {}, "nprobe", [16, 32, 64]),
+    ("ivf-flat", {}, "nprobe", [16, 32, 64, 128, 256]),
+    ("ivf-sq8", {}, "nprobe", [32, 64, 128, 256]),
     ("ivf-pq", {}, "nprobe", [32]),
     ("hnsw", {"hnsw_m": 32, "ef_construction": 64}, "ef_search", [64, 128, 256]),
 ]
@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="synthetic")
     parser.add_argument("--queries", type=int, default=1024)
-    parser.add_argument("--b1", type=int, default=200, help="batch-1 queries per ANN")
+    parser.add_argument("--b1", type=int, default=100, help="batch-1 queries per ANN")
     parser.add_argument("--b1-flat", type=int, default=30, help="batch-1 queries for flat")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hnsw-max-n", type=int, default=100_000, help="HNSW only up to here")
