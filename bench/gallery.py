@@ -46,7 +46,6 @@ from gallery.gallery import Gallery
 from gallery.index import VectorIndex, choose_kind
 from gallery.labels import Labels
 from gallery.metrics import sweep_thresholds
-from gallery.records import NewEntry
 from gallery.store import open_store
 
 FINGERPRINT = "b" * 64
@@ -143,28 +142,41 @@ def measure_index(
     return rows
 
 
-def fill_store(url: str, vectors: np.ndarray, labels: np.ndarray, batch: int = 20_000) -> float:
-    """Write every vector as an image of its individual; returns seconds. Image ids are 1..n
-    in order (a fresh store)."""
+def fill_store(url: str, vectors: np.ndarray, labels: np.ndarray, batch: int = 50_000) -> float:
+    """Write every vector as an image of its individual, the rows `add_images` writes
+    (individual, image, embedding, change) but in bulk: a million photos one by one take a
+    quarter of an hour on a busy host, and the fill is not what is measured. Image ids are
+    1..n in order. Returns seconds."""
     store = open_store(url)
     store.set_meta(values={"fingerprint": FINGERPRINT, "dim": str(vectors.shape[1])})
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     start = time.perf_counter()
+    with store._transaction(write=True) as cur:
+        cur.executemany(
+            store._sql("INSERT INTO individuals (id, species, created) VALUES (?, 'orca', ?)"),
+            [(f"ind-{i}", now) for i in np.unique(labels).tolist()],
+        )
     for first in range(0, len(vectors), batch):
-        entries = [
-            NewEntry(
-                individual_id=f"ind-{labels[i]}",
-                species="orca",
-                content_hash=f"{i:064x}",
-                filename=f"{i}.jpg",
-                encounter=None,
-                box=None,
-                vector=vectors[i],
+        rows = range(first, min(first + batch, len(vectors)))
+        with store._transaction(write=True) as cur:
+            cur.executemany(
+                store._sql(
+                    "INSERT INTO images (id, individual_id, content_hash, filename, created) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
+                [(i + 1, f"ind-{labels[i]}", f"{i:064x}", f"{i}.jpg", now) for i in rows],
             )
-            for i in range(first, min(first + batch, len(vectors)))
-        ]
-        store.add_images(entries=entries, fingerprint=FINGERPRINT)
-        if first // batch % 10 == 0:
-            log(f"store: {first + len(entries):,} rows")
+            cur.executemany(
+                store._sql(
+                    "INSERT INTO embeddings (image_id, fingerprint, vector) VALUES (?, ?, ?)"
+                ),
+                [(i + 1, FINGERPRINT, vectors[i].tobytes()) for i in rows],
+            )
+            cur.executemany(
+                store._sql("INSERT INTO changes (op, image_id, individual_id) VALUES (?, ?, ?)"),
+                [("add", i + 1, f"ind-{labels[i]}") for i in rows],
+            )
+        log(f"store: {rows.stop:,} rows")
     seconds = time.perf_counter() - start
     store.close()
     return seconds
@@ -261,6 +273,8 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     for kind, params, knob, values in CONFIGS:
         if (kind == "hnsw" and n > args.hnsw_max_n) or kind in args.skip:
             continue
+        if knob == "nprobe" and args.nprobe:
+            values = args.nprobe
         rows += measure_index(
             kind, {**params, "min_train": 1000}, knob, values, data, ids, exact, threshold, args
         )
@@ -278,7 +292,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"dim": args.dim, "threads": args.threads, "profile": args.profile}
     result["spread"] = PROFILES[args.profile].__dict__
     try:
-        result["sizes"] = [run_size(n, args, workdir) for n in args.n]
+        result["sizes"] = []
+        for n in args.n:
+            result["sizes"].append(run_size(n, args, workdir))
+            if args.json:  # after each size: a long run stopped later keeps what it measured
+                args.json.write_text(json.dumps(result, indent=2))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -389,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hnsw-max-n", type=int, default=100_000, help="HNSW only up to here")
     parser.add_argument("--skip", nargs="*", default=[], help="index kinds to leave out")
+    parser.add_argument("--nprobe", type=int, nargs="*", help="IVF nprobe values to sweep")
+    parser.add_argument(
+        "--report-json", type=Path, nargs="*", help="no run: report the sizes of these --json files"
+    )
     parser.add_argument("--no-cold-start", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None, help="kept when given")
     parser.add_argument("--results", type=Path, default=None, help="write the section here")
@@ -400,7 +422,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # No PQ: training its codebooks is what takes time, and it is no default.
         args.n, args.queries, args.b1, args.b1_flat = [3_000], 128, 8, 8
         args.skip = [*args.skip, "ivf-pq"]
-    result = run(args)
+    if args.report_json:
+        runs = [json.loads(p.read_text()) for p in args.report_json]
+        result = {**runs[0], "sizes": [size for r in runs for size in r["sizes"]]}
+    else:
+        result = run(args)
     body = report(result, args)
     print(body)
     if args.json:

@@ -251,18 +251,21 @@ def test_ivf_gallery_trains_on_the_store_and_matches_flat(store_url: str, tmp_pa
     queries = np.stack([near(c, 0.2, 7) for c in centres.values()])
     with Gallery.open(store_url, fingerprint=FP, dim=DIM) as flat:
         expected = flat.search(queries, threshold=0.5)
-    ivf_params = {"min_train": 100, "nprobe": 1 << 20}  # every cell: exact, comparable
-    with Gallery.open(
-        store_url, fingerprint=FP, dim=DIM, index="ivf-flat", snapshot=snap, **ivf_params
-    ) as g:
+
+    def open_ivf() -> Gallery:
+        # nprobe beyond nlist probes every cell: exact search, comparable with flat.
+        return Gallery.open(
+            store_url, fingerprint=FP, dim=DIM, index="ivf-flat", snapshot=snap,
+            min_train=100, nprobe=1 << 20,
+        )  # fmt: skip
+
+    with open_ivf() as g:
         assert g.kind == "ivf-flat" and g._index.trained and g.size == 160
         assert g.search(queries, threshold=0.5) == expected
         g.delete_individual("ind-0")
         (row,) = g.search(centres["ind-0"][None], threshold=-1.0)
         assert "ind-0" not in [c.individual_id for c in row] and g.size == 156
-    with Gallery.open(
-        store_url, fingerprint=FP, dim=DIM, index="ivf-flat", snapshot=snap, **ivf_params
-    ) as g:
+    with open_ivf() as g:
         assert g.loaded_from == "snapshot" and g._index.trained and g.size == 156
 
 
