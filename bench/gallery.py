@@ -244,7 +244,15 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     log(f"generating {n:,} × {args.dim} vectors ({args.profile})")
     data = realistic_set(n, args.dim, spread=args.profile, queries=args.queries, seed=n)
     ids = np.arange(1, n + 1, dtype=np.int64)  # as a fresh store numbers them
-    result: dict[str, Any] = {"n": n, "individuals": int(data.labels.max()) + 1}
+    result: dict[str, Any] = {
+        "n": n,
+        "individuals": int(data.labels.max()) + 1,
+        "profile": args.profile,
+        "spread": PROFILES[args.profile].__dict__,
+        "queries": args.queries,
+        "b1": args.b1,
+        "b1_flat": args.b1_flat,
+    }
     result["loadavg_start"] = _loadavg()
     start = time.perf_counter()
     flat = VectorIndex.build(args.dim, "flat", ids, data.vectors)
@@ -324,13 +332,13 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"machine: {platform.machine()}, Python {platform.python_version()}, "
         f"faiss {faiss.__version__}, {result['threads']} threads",
-        f"vectors: bench/vectors.py profile {result['profile']!r} {result['spread']}, "
-        f"{result['dim']}-d; top-{HITS}; {args.queries} queries (30% new individuals; "
-        f"batch 1: first {args.b1}, flat {args.b1_flat})",
     ]
     for size in result["sizes"]:
         lines += [
             "",
+            f"vectors: bench/vectors.py profile {size['profile']!r} {size['spread']}, "
+            f"{result['dim']}-d; top-{HITS}; {size['queries']} queries (30% new individuals; "
+            f"batch 1: first {size['b1']}, flat {size['b1_flat']})",
             f"N = {size['n']:,} photos of {size['individuals']:,} individuals; load average "
             f"(1/5/15 min) at start {size['loadavg_start']}, at end {size['loadavg_end']}; "
             f"MAP@5 at flat's best threshold {size['threshold']:.2f}",
