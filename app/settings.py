@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
     index: Literal["auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw"] = Field(
         "auto",
-        description="faiss index: auto (flat, exact, below 100,000 photos; ivf-flat above, "
+        description="faiss index: auto (flat, exact, below 100,000 photos; ivf-sq8 above, "
         "chosen at each start), or one kind: flat, ivf-flat, ivf-sq8, ivf-pq, hnsw",
     )
     index_nprobe: int = Field(

@@ -359,7 +359,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             )
         cold = size.get("cold_start")
         if cold:
-            ann = choose_kind("auto", size["n"])
+            # The kind `auto` had when the run was made (the default may have moved since).
+            anns = [k[: -len("_from_store_s")] for k in cold if k.endswith("_from_store_s")]
+            ann = next((k for k in anns if k != "flat"), "flat")
             lines += [
                 "",
                 f"| cold start, {size['n']:,} photos in SQLite | seconds |",

@@ -120,7 +120,7 @@ def realistic(n: int, seed: int = 0) -> RealisticSet:
 def test_auto_is_flat_below_the_switch_and_ivf_from_it() -> None:
     assert choose_kind("auto", 0) == "flat"
     assert choose_kind("auto", AUTO_FLAT_BELOW - 1) == "flat"
-    assert choose_kind("auto", AUTO_FLAT_BELOW) == choose_kind("auto", 10**8) == "ivf-flat"
+    assert choose_kind("auto", AUTO_FLAT_BELOW) == choose_kind("auto", 10**8) == "ivf-sq8"
     assert [choose_kind(k, 10**8) for k in KINDS] == list(KINDS)  # a kind is taken as given
     with pytest.raises(ValueError, match="expected one of auto"):
         choose_kind("annoy", 10)
@@ -146,7 +146,7 @@ def test_the_automatic_ann_keeps_recall_on_a_realistic_gallery() -> None:
 def test_ivf_deletions_are_real_and_keep_recall() -> None:
     data = realistic(12_000, seed=1)
     ids = np.arange(1, 12_001, dtype=np.int64)
-    ann = VectorIndex.build(512, "ivf-flat", ids, data.vectors)
+    ann = VectorIndex.build(512, choose_kind("auto", AUTO_FLAT_BELOW), ids, data.vectors)
     flat = VectorIndex.build(512, "flat", ids, data.vectors)
     gone = np.random.default_rng(0).choice(ids, 4000, replace=False)
     assert ann.remove(gone) == flat.remove(gone) == 4000
