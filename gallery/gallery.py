@@ -189,7 +189,14 @@ class Gallery:
         header = read_snapshot_header(path)
         if header is None:
             return False
-        kind = choose_kind(self.index_setting, header.size)
+        # "auto" picks by the store's size now, not the snapshot's: a gallery that crossed the
+        # switch since rebuilds as the other kind.
+        size = (
+            self.store.count_embeddings(fingerprint=self.fingerprint)
+            if self.index_setting == "auto"
+            else 0
+        )
+        kind = choose_kind(self.index_setting, size)
         expected = (self._store_uuid, self.fingerprint, self.dim, kind)
         found = (header.store_uuid, header.fingerprint, header.dim, header.kind)
         if found != expected or header.seq > self.store.head():
