@@ -55,7 +55,8 @@ def test_gpu_script_cpu_fallback(
     models = {line.split("|")[1].strip() for line in rows}
     assert "detector" in models and sum(m.startswith("embedder-") for m in models) == 2
     assert len(rows) == len(models) * 2 * 2
-    fp16 = [line for line in rows if "| fp16 |" in line and "n/a" not in line]
-    assert all(float(line.split("|")[7]) > 0.9 for line in fp16)  # fp16 agrees with fp32
+    # The embedders' fp16 agrees with their fp32 (the detector's raw boxes on noise may not).
+    fp16 = [line for line in rows if "| fp16 |" in line and "| embedder-" in line]
+    assert fp16 and all(float(line.split("|")[7]) > 0.99 for line in fp16)
     for concurrency in (1, 8, 32):
         assert f"concurrency {concurrency}" in table
