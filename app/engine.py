@@ -103,6 +103,7 @@ class Engine:
             photos_dir=settings.photos_dir,
             index=settings.index,
             snapshot=settings.index_snapshot,
+            nprobe=settings.index_nprobe,
         )
         log.info("gallery %s: %d images in the index", _redact(settings.gallery), gallery.size)
         engine = cls(settings, pipeline, gallery, metrics)

@@ -86,8 +86,16 @@ class Settings(StoreSettings):
 
     # What to serve.
     bundle: Path = Field(description="model bundle folder (holds manifest.json)")
-    index: Literal["flat", "hnsw"] = Field(
-        "flat", description="faiss index: flat (exact) or hnsw (approximate, for millions)"
+    index: Literal["auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw"] = Field(
+        "auto",
+        description="faiss index: auto (flat, exact, below 100,000 photos; ivf-sq8 above, "
+        "chosen at each start), or one kind: flat, ivf-flat, ivf-sq8, ivf-pq, hnsw",
+    )
+    index_nprobe: int = Field(
+        64,
+        ge=1,
+        description="cells an IVF index searches per query (of about √photos): more finds more "
+        "of the exact top hits, slower (bench/RESULTS.md, Gallery at scale)",
     )
     index_snapshot: Path | None = Field(
         None, description="file to restore the index from at start and save it to at stop"

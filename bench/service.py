@@ -502,6 +502,13 @@ def agreement(rows: Sequence[Measure]) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_QUERIES} queries, 1 pass")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=list(CONCURRENCY),
+        help="client threads of the (b) rows (default 1 8; bench/gpu.sh adds 32)",
+    )
     parser.add_argument("--bundle", type=Path, help="model bundle (default: build the demo)")
     parser.add_argument(
         "--run",
@@ -605,7 +612,7 @@ def measure_service(
         server = Server(bundle, db, Path(tmp), args.device)
         try:
             server.start()
-            for concurrency in CONCURRENCY:
+            for concurrency in args.concurrency:
                 log(f"(b) concurrency {concurrency}")
                 rows.append(time_http(server, queries, repeat, concurrency))
         except ServerFailed as exc:
@@ -644,12 +651,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     correct = sum(a == t for a, t in zip(raw.top1, truth, strict=True)) / len(queries)
     ratios = {}
-    for row, concurrency in zip(service, CONCURRENCY, strict=True):
+    for row, concurrency in zip(service, args.concurrency, strict=True):
         ratios[f"service_c{concurrency}/raw"] = row.images_per_s / raw.images_per_s
         ratios[f"service_c{concurrency}/seed"] = row.images_per_s / seed_row.images_per_s
         ratios[f"service_c{concurrency}/raw_spin"] = row.images_per_s / spinning.images_per_s
     describe(args, manifest, gallery, seed_threads, len(gallery_photos), len(queries), repeat)
-    report(rows, service, ratios, correct, len(queries))
+    report(rows, service, ratios, args.concurrency, correct, len(queries))
     return {
         "rows": {row.key: row.summary() for row in rows},
         "ratios": ratios,
@@ -696,6 +703,7 @@ def report(
     rows: Sequence[Measure],
     service: Sequence[Measure],
     ratios: dict[str, float],
+    concurrencies: Sequence[int],
     correct: float,
     queries: int,
 ) -> None:
@@ -714,7 +722,7 @@ def report(
         stages = {k: np.median([t[k] for t in row.server_ms]) for k in row.server_ms[0]}
         inside = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
         print(f"{row.key}: median ms inside the service: {inside}")
-    for concurrency in CONCURRENCY:
+    for concurrency in concurrencies:
         print(
             f"concurrency {concurrency}: (b)/(a) = {ratios[f'service_c{concurrency}/raw']:.2f}, "
             f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}, "

@@ -117,6 +117,11 @@ class Gallery:
     def loaded_from(self) -> Literal["snapshot", "store"]:
         return self.replica.loaded_from
 
+    @property
+    def kind(self) -> str:
+        """The index kind in use (what `auto` resolved to at the last build)."""
+        return self.replica.kind
+
     def refresh(self) -> int:
         """Apply other processes' changes now; returns how many."""
         return self.replica.refresh()

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from gallery.errors import GalleryInputError, WhaleidError
-from gallery.index import KINDS, VectorIndex
+from gallery.index import CHOICES, VectorIndex, choose_kind
 from gallery.labels import Labels
 from gallery.locks import RWLock
 from gallery.rank import EMPTY, NEW, NEW_INDIVIDUAL, rank
@@ -59,18 +59,25 @@ class IndexReplica:
         hnsw_m: int = 32,
         ef_construction: int = 64,
         ef_search: int = 128,
+        nlist: int = 0,
+        nprobe: int = 64,
+        min_train: int = 10_000,
     ) -> None:
-        if kind not in KINDS:
-            raise GalleryInputError(f"index {kind!r}: expected one of {', '.join(KINDS)}")
+        if kind not in CHOICES:
+            raise GalleryInputError(f"index {kind!r}: expected one of {', '.join(CHOICES)}")
         self.store = store
         self.fingerprint = fingerprint
         self.dim = dim
-        self.kind = kind
+        self.index_setting = kind  # "auto" resolves to a kind at each build
+        self.kind = choose_kind(kind, 0)
         self.snapshot_path = Path(snapshot) if snapshot is not None else None
         self._index_params = {
             "hnsw_m": hnsw_m,
             "ef_construction": ef_construction,
             "ef_search": ef_search,
+            "nlist": nlist,
+            "nprobe": nprobe,
+            "min_train": min_train,
         }
         self._store_uuid = store.info().uuid
         self._rw = RWLock()
@@ -103,18 +110,31 @@ class IndexReplica:
         header = read_snapshot_header(path)
         if header is None:
             return False
-        expected = (self._store_uuid, self.fingerprint, self.dim, self.kind)
+        # "auto" picks by the store's size now, not the snapshot's: a gallery that crossed the
+        # switch since rebuilds as the other kind.
+        size = (
+            self.store.count_embeddings(fingerprint=self.fingerprint)
+            if self.index_setting == "auto"
+            else 0
+        )
+        kind = choose_kind(self.index_setting, size)
+        expected = (self._store_uuid, self.fingerprint, self.dim, kind)
         found = (header.store_uuid, header.fingerprint, header.dim, header.kind)
         if found != expected or header.seq > self.store.head():
             log.info("snapshot %s is for another store, model or index: ignored", path)
             return False
         try:
-            header, index, labels = read_snapshot(path, ef_search=self._index_params["ef_search"])
+            header, index, labels = read_snapshot(
+                path,
+                ef_search=self._index_params["ef_search"],
+                nprobe=self._index_params["nprobe"],
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning("snapshot %s unreadable (%s): rebuilding", path, exc)
             return False
         with self._rw.write():
             self._index, self._labels, self.seq = index, labels, header.seq
+            self.kind = kind
             self._snapshot_seq = header.seq
         return True
 
@@ -129,18 +149,18 @@ class IndexReplica:
         return True  # the store keeps moving: trust the replay
 
     def _build(self) -> None:
-        """A fresh index from one consistent scan of the store."""
-        index, labels = self._new_index(), Labels()
-        head = 0
-        for batch in self.store.scan_embeddings(fingerprint=self.fingerprint, dim=self.dim):
-            head = batch.head
-            codes = np.asarray([labels.code(i) for i in batch.individual_ids], dtype=np.int32)
-            index.add(batch.ids, batch.vectors)
-            labels.assign(batch.ids, codes)
+        """A fresh index from one consistent read of the store (an IVF is trained on it)."""
+        labels = Labels()
+        batch = self.store.read_embeddings(fingerprint=self.fingerprint, dim=self.dim)
+        kind = choose_kind(self.index_setting, len(batch.ids))
+        index = VectorIndex.build(self.dim, kind, batch.ids, batch.vectors, **self._index_params)
+        codes = np.asarray([labels.code(i) for i in batch.individual_ids], dtype=np.int32)
+        labels.assign(batch.ids, codes)
         for name, species in self.store.species_of(individual_ids=labels.names).items():
             labels.species[labels.code(name)] = species
         with self._rw.write():
-            self._index, self._labels, self.seq = index, labels, head
+            self._index, self._labels, self.seq = index, labels, batch.head
+            self.kind = kind
 
     # -- following the store -------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ def _header(fh: io.BufferedReader) -> SnapshotHeader:
 
 
 def read_snapshot(
-    path: Path, *, ef_search: int = 128
+    path: Path, *, ef_search: int = 128, nprobe: int = 64
 ) -> tuple[SnapshotHeader, VectorIndex, Labels]:
     with Path(path).open("rb") as fh:
         header = _header(fh)
@@ -85,5 +85,7 @@ def read_snapshot(
             labels.code(name, species)
         size = int.from_bytes(fh.read(8), "little")
         labels.of_image = np.frombuffer(fh.read(size), dtype="<i4").astype(np.int32)
-        index = VectorIndex.read(fh, dim=header.dim, kind=header.kind, ef_search=ef_search)
+        index = VectorIndex.read(
+            fh, dim=header.dim, kind=header.kind, ef_search=ef_search, nprobe=nprobe
+        )
     return header, index, labels

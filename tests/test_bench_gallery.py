@@ -18,11 +18,17 @@ def test_gallery_bench_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## Other (issue 1)\n\nkept\n")
     result = module.main(["--quick", "--results", str(results)])
-    assert result["hnsw_build"]["size"] == result["n"] == 2000
-    assert 0.5 < result["hnsw"][0]["recall1_near"] <= 1.0
-    assert set(result["cold_start"]) >= {"flat_from_store_s", "flat_from_snapshot_s"}
+    (size,) = result["sizes"]
+    assert size["n"] == 3000
+    rows = {(r["kind"], r.get("nprobe") or r.get("ef_search")): r for r in size["rows"]}
+    assert {kind for kind, _ in rows} == {"flat", "ivf-flat", "ivf-sq8", "hnsw"}
+    # Probing every cell is exact search: the IVF must then agree with flat entirely.
+    widest = max(v for k, v in rows if k == "ivf-flat")
+    assert rows[("ivf-flat", widest)]["recall50"] == 1.0
+    assert rows[("ivf-flat", widest)]["map5"] == rows[("flat", None)]["map5"]
+    assert set(size["cold_start"]) >= {"before_flat_s", "flat_from_store_s", "flat_from_snapshot_s"}
     assert "| flat (exact) |" in capsys.readouterr().out
     text = results.read_text()
-    assert "## Other (issue 1)\n\nkept" in text and text.count("## Gallery (issue 6)") == 1
-    module.main(["--quick", "--results", str(results)])  # rewritten in place, not appended
-    assert results.read_text().count("## Gallery (issue 6)") == 1
+    assert "## Other (issue 1)\n\nkept" in text and text.count("## Gallery at scale") == 1
+    module.main(["--quick", "--results", str(results), "--no-cold-start"])  # rewritten in place
+    assert results.read_text().count("## Gallery at scale") == 1

@@ -282,3 +282,39 @@ def test_edits_refuse_the_reserved_id_for_the_service_and_the_cli(
         err = capsys.readouterr().err.strip()
         assert status != 0 and "reserved" in err and "\n" not in err, err
     assert [i.id for i in gallery.individuals()] == ["ind-0", "ind-1"]
+
+
+def test_ivf_gallery_trains_on_the_store_and_matches_flat(store_url: str, tmp_path: Path) -> None:
+    snap = tmp_path / "ivf.snap"
+    with Gallery.open(store_url, fingerprint=FP, dim=DIM) as g:
+        centres = populate(g, individuals=40, photos=4)
+    queries = np.stack([near(c, 0.2, 7) for c in centres.values()])
+    with Gallery.open(store_url, fingerprint=FP, dim=DIM) as flat:
+        expected = flat.search(queries, threshold=0.5)
+
+    def open_ivf() -> Gallery:
+        # nprobe beyond nlist probes every cell: exact search, comparable with flat.
+        return Gallery.open(
+            store_url, fingerprint=FP, dim=DIM, index="ivf-flat", snapshot=snap,
+            min_train=100, nprobe=1 << 20,
+        )  # fmt: skip
+
+    with open_ivf() as g:
+        assert g.kind == "ivf-flat" and g.replica._index.trained and g.size == 160
+        assert g.search(queries, threshold=0.5) == expected
+        g.delete_individual("ind-0")
+        (row,) = g.search(centres["ind-0"][None], threshold=-1.0)
+        assert "ind-0" not in [c.individual_id for c in row] and g.size == 156
+    with open_ivf() as g:
+        assert g.loaded_from == "snapshot" and g.replica._index.trained and g.size == 156
+
+
+def test_auto_gallery_is_flat_while_small(store_url: str, tmp_path: Path) -> None:
+    snap = tmp_path / "auto.snap"
+    with Gallery.open(store_url, fingerprint=FP, dim=DIM, index="auto", snapshot=snap) as g:
+        assert g.kind == "flat"
+        populate(g, individuals=2)
+    with Gallery.open(store_url, fingerprint=FP, dim=DIM, index="auto", snapshot=snap) as g:
+        assert g.loaded_from == "snapshot" and g.kind == "flat" and g.size == 6
+    with pytest.raises(GalleryInputError, match="expected one of auto"):
+        Gallery.open(store_url, fingerprint=FP, dim=DIM, index="annoy")

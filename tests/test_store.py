@@ -166,6 +166,21 @@ def test_scan_is_one_snapshot_in_batches(store: SqlStore) -> None:
     assert len(empty) == 1 and len(empty[0].ids) == 0
 
 
+def test_read_embeddings_is_the_whole_scan_in_one_array(store: SqlStore) -> None:
+    entries = [entry(f"I{i % 4}", str(i), i) for i in range(25)]
+    store.add_images(entries=entries, fingerprint=FP)
+    store.delete_image(image_id=3)
+    scanned = list(store.scan_embeddings(fingerprint=FP, dim=DIM, batch=10))
+    read = store.read_embeddings(fingerprint=FP, dim=DIM, chunk=7)  # pages of 7: 24 rows
+    assert read.head == store.head() == scanned[0].head
+    np.testing.assert_array_equal(read.ids, np.concatenate([b.ids for b in scanned]))
+    np.testing.assert_array_equal(read.vectors, np.concatenate([b.vectors for b in scanned]))
+    assert read.individual_ids == [o for b in scanned for o in b.individual_ids]
+    assert read.vectors.dtype == np.float32 and read.vectors.flags.c_contiguous
+    empty = store.read_embeddings(fingerprint="other", dim=DIM)
+    assert empty.ids.shape == (0,) and empty.vectors.shape == (0, DIM)
+
+
 def test_reembed_writes_beside_and_switches_atomically(store: SqlStore) -> None:
     store.add_images(entries=[entry("A", str(i), i) for i in range(5)], fingerprint=FP)
     new_fp = "b" * 64

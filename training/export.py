@@ -60,6 +60,7 @@ __all__ = [
     "export_bundle",
     "export_embedder",
     "retune_threshold",
+    "to_fp16",
 ]
 
 OPSET = 17
@@ -127,12 +128,19 @@ def export_embedder(
         )
     graph = onnx.load(str(out_file))
     if fp16:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        graph = convert_float_to_float16(graph, keep_io_types=False, op_block_list=_FP32_OPS)
-        _sort_topologically(graph.graph)
+        graph = to_fp16(graph)
     onnx.checker.check_model(graph)
     onnx.save(graph, str(out_file))
+
+
+def to_fp16(graph: onnx.ModelProto, *, keep_io_types: bool = False) -> onnx.ModelProto:
+    """An fp32 ONNX model in fp16 (onnxruntime's converter), the ops that overflow fp16 kept
+    in fp32; keep_io_types: float32 inputs and outputs (for a model fed fp32 tensors)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    graph = convert_float_to_float16(graph, keep_io_types=keep_io_types, op_block_list=_FP32_OPS)
+    _sort_topologically(graph.graph)
+    return graph
 
 
 def _sort_topologically(graph: onnx.GraphProto) -> None:

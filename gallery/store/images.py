@@ -211,6 +211,41 @@ class ImageTable(ChangeLog):
                 last = int(ids[-1])
 
     @retried
+    def read_embeddings(self, *, fingerprint: str, dim: int, chunk: int = 50_000) -> EmbeddingBatch:
+        """Every embedding of this fingerprint from one consistent snapshot, in id order, as
+        one batch: the vectors land in one array allocated up front, page by page, so a
+        million-photo gallery is read without a list of every blob or a concatenation."""
+        with self._transaction(write=False) as cur:
+            head = self._head(cur)
+            total = int(
+                self._exec(
+                    cur, "SELECT COUNT(*) FROM embeddings WHERE fingerprint = ?", (fingerprint,)
+                ).fetchone()[0]
+            )
+            ids = np.empty(total, dtype=np.int64)
+            vectors = np.empty((total, dim), dtype=np.float32)
+            owners: list[str] = []
+            filled, last = 0, -1
+            while filled < total:
+                # Pages by id (not one cursor): psycopg would otherwise fetch every row at once.
+                rows = self._exec(
+                    cur,
+                    "SELECT e.image_id, e.vector, i.individual_id FROM embeddings e "
+                    "JOIN images i ON i.id = e.image_id "
+                    "WHERE e.fingerprint = ? AND e.image_id > ? ORDER BY e.image_id LIMIT ?",
+                    (fingerprint, last, min(chunk, total - filled)),
+                ).fetchall()
+                if not rows:
+                    break  # an embedding without its image row: nothing more to read
+                end = filled + len(rows)
+                ids[filled:end] = [r[0] for r in rows]
+                block = b"".join([bytes(r[1]) for r in rows])
+                vectors[filled:end] = np.frombuffer(block, dtype=np.float32).reshape(-1, dim)
+                owners += [r[2] for r in rows]
+                filled, last = end, int(ids[end - 1])
+        return EmbeddingBatch(head, ids[:filled], vectors[:filled], owners)
+
+    @retried
     def get_image(self, *, image_id: int) -> ImageRecord:
         with self._transaction(write=False) as cur:
             row = self._exec(
