@@ -152,7 +152,8 @@ def install_error_handlers(app: FastAPI) -> None:
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for a route: each error status documented with the error schema."""
     described = {
-        400: "the upload is not a complete image (empty, text, truncated)",
+        400: "the upload is not a complete image (empty, text, truncated), or the body "
+        "cannot be parsed",
         401: "no X-API-Key header",
         403: "the key is unknown or lacks the scope",
         404: "no such individual or image",

@@ -4,11 +4,15 @@ field for the OpenAPI page at /docs. Domain records (gallery.records) become the
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gallery.rules import ID_PATTERN
+
+# Four numbers (a box, or a match's two points) as a plain array of numbers: a tuple's
+# `prefixItems` is valid OpenAPI 3.1 that some clients' validators still reject.
+Quad = Annotated[list[float], Field(min_length=4, max_length=4)]
 
 __all__ = [
     "CropOut",
@@ -50,7 +54,7 @@ class ErrorResponse(BaseModel):
 class Evidence(BaseModel):
     image_id: int = Field(description="the gallery image most similar to the query")
     similarity: float = Field(description="cosine similarity of that image to the query")
-    matches: list[tuple[float, float, float, float]] | None = Field(
+    matches: list[Quad] | None = Field(
         None,
         description="optional, only where local matching re-ranked the answer and the request "
         "asked for it (`?explain=1`): matched keypoints as [x_query, y_query, x_gallery, "
@@ -73,9 +77,7 @@ class Prediction(BaseModel):
 
 
 class CropOut(BaseModel):
-    box: tuple[float, float, float, float] = Field(
-        description="x1, y1, x2, y2 in pixels of the upright photo"
-    )
+    box: Quad = Field(description="x1, y1, x2, y2 in pixels of the upright photo")
     confidence: float = Field(description="the detector's confidence")
 
 
@@ -114,7 +116,7 @@ class ImageOut(BaseModel):
     id: int
     filename: str
     encounter: str | None = None
-    box: tuple[float, float, float, float] | None = Field(
+    box: Quad | None = Field(
         None, description="the crop its embedding was computed on: x1, y1, x2, y2 in pixels"
     )
     created: datetime

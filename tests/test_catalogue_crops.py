@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fixtures.bundle import make_toy_bundle
 from PIL import Image
@@ -35,7 +36,10 @@ def _catalogue(root: Path, *, with_csv: bool) -> Path:
     for n, ind in enumerate("abc"):
         for k in range(3):
             name = f"{ind}{k}.png"
-            Image.new("RGB", (W, H), (40 * n, 60 + 20 * k, 90)).save(root / "images" / name)
+            # Noise around a colour: a flat photo is refused as unusable, as the service does.
+            noise = np.random.default_rng(3 * n + k).integers(0, 40, (H, W, 3))
+            pixels = (noise + np.array([40 * n, 60 + 20 * k, 90])).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / name)
             rows.append([name, "orca", f"fin-{ind}", "left", f"enc-{k}"])
             if k == 1 or (k == 0 and not with_csv):
                 boxes = [SMALL, LARGE] if k == 0 else [(10.0, 12.0, 50.0, 40.0)]

@@ -132,7 +132,7 @@ async def get_individual(
     "/individuals/{individual_id}",
     response_model=IndividualDetailOut,
     summary="Rename an individual, set its species or metadata",
-    responses=responses(401, 403, 404, 409, 422, 503),
+    responses=responses(400, 401, 403, 404, 409, 422, 503),
 )
 async def update_individual(
     _key: WriteAccess, engine: EngineDep, individual_id: IndividualId, update: IndividualUpdate
@@ -154,7 +154,7 @@ async def update_individual(
     "/individuals/{individual_id}/merge",
     response_model=IndividualDetailOut,
     summary="Merge an individual into another",
-    responses=responses(401, 403, 404, 409, 422, 503),
+    responses=responses(400, 401, 403, 404, 409, 422, 503),
 )
 async def merge_individual(
     _key: WriteAccess, engine: EngineDep, individual_id: IndividualId, merge: MergeRequest
