@@ -20,6 +20,7 @@ from app.manifest import BundleError
 from app.matcher_spec import MatcherSpec
 from app.preprocess import Letterbox, letterbox
 from app.sessions import open_session
+from gallery.keypoints import LocalFeatures
 
 __all__ = [
     "EXTRACTOR_INPUTS",
@@ -31,6 +32,7 @@ __all__ = [
     "OnnxExtractor",
     "OnnxLightGlue",
     "content_mask",
+    "frames",
     "letterbox_crops",
 ]
 
@@ -39,42 +41,6 @@ EXTRACTOR_INPUTS = ("image",)
 EXTRACTOR_OUTPUTS = ("keypoints", "scores", "descriptors")
 MATCHER_INPUTS = ("keypoints0", "descriptors0", "mask0", "keypoints1", "descriptors1", "mask1")
 MATCHER_OUTPUTS = ("matches0", "scores0")
-
-
-@dataclass(frozen=True)
-class LocalFeatures:
-    """Keypoints of N crops, K slots each, in pixels of the S×S letterboxed input.
-
-    keypoints (N, K, 2) x, y; scores (N, K); descriptors (N, K, D), unit length; mask (N, K):
-    the slot holds a real keypoint (score above the threshold, not on the letterbox padding).
-    """
-
-    keypoints: np.ndarray
-    scores: np.ndarray
-    descriptors: np.ndarray
-    mask: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.keypoints.shape[0])
-
-    def take(self, rows: np.ndarray | Sequence[int]) -> LocalFeatures:
-        """The features of some crops, in the order given."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return LocalFeatures(
-            keypoints=self.keypoints[rows],
-            scores=self.scores[rows],
-            descriptors=self.descriptors[rows],
-            mask=self.mask[rows],
-        )
-
-    @staticmethod
-    def concat(parts: Sequence[LocalFeatures]) -> LocalFeatures:
-        return LocalFeatures(
-            keypoints=np.concatenate([p.keypoints for p in parts]),
-            scores=np.concatenate([p.scores for p in parts]),
-            descriptors=np.concatenate([p.descriptors for p in parts]),
-            mask=np.concatenate([p.mask for p in parts]),
-        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +80,17 @@ def content_mask(keypoints: np.ndarray, boxes: Sequence[Letterbox], border: floa
     return np.asarray(inside.all(axis=2))
 
 
+def frames(boxes: Sequence[Letterbox], origins: Sequence[tuple[float, float]]) -> np.ndarray:
+    """(N, 3) (ox, oy, s): letterbox pixels × s + (ox, oy) = photo pixels, for crops whose
+    top-left corners sit at `origins` in their photos."""
+    if len(boxes) != len(origins):
+        raise ValueError(f"{len(origins)} origins for {len(boxes)} crops")
+    out = np.zeros((len(boxes), 3), np.float32)
+    for i, (b, (x0, y0)) in enumerate(zip(boxes, origins, strict=True)):
+        out[i] = (x0 - b.pad_x / b.scale, y0 - b.pad_y / b.scale, 1 / b.scale)
+    return out
+
+
 def _check_names(session_names: Sequence[str], expected: Sequence[str], path: Path) -> None:
     if list(session_names) != list(expected):
         raise BundleError(
@@ -151,14 +128,21 @@ class OnnxExtractor:
         keypoints, scores, descriptors = self.session.run(None, {"image": batch})
         return keypoints, scores, descriptors
 
-    def extract(self, crops: Sequence[Image.Image]) -> LocalFeatures:
-        """Letterbox the crops, run the graph, and mark which slots are real keypoints."""
+    def extract(
+        self,
+        crops: Sequence[Image.Image],
+        origins: Sequence[tuple[float, float]] | None = None,
+    ) -> LocalFeatures:
+        """Letterbox the crops, run the graph, and mark which slots are real keypoints.
+        `origins`: each crop's top-left corner in its photo (default (0, 0)), so that the
+        features' frames map keypoints onto the photo."""
         batch, boxes = letterbox_crops(crops, self.spec.input_side)
         keypoints, scores, descriptors = self.run(batch)
         mask = scores > self.spec.detection_threshold
         if boxes:
             mask &= content_mask(keypoints, boxes, self.spec.border)
-        return LocalFeatures(keypoints, scores, descriptors, mask)
+        origins = list(origins) if origins is not None else [(0.0, 0.0)] * len(boxes)
+        return LocalFeatures(keypoints, scores, descriptors, mask, frames(boxes, origins))
 
 
 class OnnxLightGlue:
@@ -197,7 +181,13 @@ class OnnxLightGlue:
         if len(candidates) == 0:
             k = self.spec.max_keypoints
             return Matches(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
-        repeated = query.take(np.zeros(len(candidates), dtype=np.int64))
-        matches, scores = self.run(repeated, candidates)
+        return self.match_rows(query.take(np.zeros(len(candidates), dtype=np.int64)), candidates)
+
+    def match_rows(self, features0: LocalFeatures, features1: LocalFeatures) -> Matches:
+        """Row i of features0 against row i of features1 (pairs of several queries can share
+        one run), matches above the spec's threshold."""
+        if len(features0) != len(features1):
+            raise ValueError(f"{len(features0)} crops against {len(features1)}")
+        matches, scores = self.run(features0, features1)
         keep = (matches >= 0) & (scores > self.spec.match_threshold)
         return Matches(np.where(keep, matches, -1), np.where(keep, scores, 0.0).astype(np.float32))

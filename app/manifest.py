@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app.matcher_spec import CurvePoint, MatcherSpec, RerankSpec
 from app.preprocess import EmbedTransform
 from gallery.errors import WhaleidError
 
@@ -26,9 +27,12 @@ __all__ = [
     "DetectorSpec",
     "EmbedderSpec",
     "Manifest",
+    "MatcherSpec",
+    "RerankSpec",
     "ThresholdPoint",
     "file_digests",
     "fingerprint_files",
+    "threshold_at",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -63,13 +67,8 @@ class EmbedderSpec(BaseModel):
     flip_tta: bool = Field(False, description="average with the horizontally flipped crop")
 
 
-class ThresholdPoint(BaseModel):
-    """The threshold tuned for a gallery of about this many embeddings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    images: int = Field(gt=0, description="gallery embeddings")
-    threshold: float = Field(description="the best new_individual threshold at that size")
+# One point of a threshold curve (global cosine or fused probability alike).
+ThresholdPoint = CurvePoint
 
 
 class Manifest(BaseModel):
@@ -110,6 +109,14 @@ class Manifest(BaseModel):
     file_digests: dict[str, str] = Field(
         default_factory=dict, description="sha256 of each model file, to name a tampered one"
     )
+    matcher: MatcherSpec | None = Field(
+        None, description="the local keypoint extractor and matcher (`whaleid export --matcher`)"
+    )
+    rerank: RerankSpec | None = Field(
+        None,
+        description="re-ranking of the global shortlist by local matches, with its calibrated "
+        "fusion and fused threshold; `threshold` above stays the global-only one",
+    )
 
     @model_validator(mode="after")
     def _dimensions_add_up(self) -> Manifest:
@@ -122,16 +129,21 @@ class Manifest(BaseModel):
             raise ValueError(
                 f"detector.padding {self.detector.padding} != box_padding {self.box_padding}"
             )
-        sizes = [p.images for p in self.threshold_curve]
-        if any(b <= a for a, b in pairwise(sizes)):
-            raise ValueError(f"threshold_curve sizes must increase: {sizes}")
+        for curve in (self.threshold_curve, self.rerank.threshold_curve if self.rerank else []):
+            sizes = [p.images for p in curve]
+            if any(b <= a for a, b in pairwise(sizes)):
+                raise ValueError(f"threshold_curve sizes must increase: {sizes}")
+        if self.rerank is not None and self.matcher is None:
+            raise ValueError("rerank needs a matcher")
         return self
 
     @property
     def model_files(self) -> list[str]:
-        """The files the fingerprint covers, in order: detector first, then embedders."""
+        """The files the fingerprint covers, in order: detector first, then embedders, then
+        the matcher's (so bundles without a matcher keep their fingerprint)."""
         files = [self.detector.file] if self.detector else []
-        return files + [e.file for e in self.embedders]
+        files += [e.file for e in self.embedders]
+        return files + (self.matcher.files if self.matcher else [])
 
     def threshold_for(self, species: str | None, gallery_images: int | None = None) -> float:
         """The species' tuned threshold where there is one; else the one for a gallery of
@@ -139,15 +151,14 @@ class Manifest(BaseModel):
         point below it, `threshold` at and beyond its last (and when the size is not given)."""
         if species is not None and species in self.species_thresholds:
             return self.species_thresholds[species]
-        curve = self.threshold_curve
-        if gallery_images is None or not curve or gallery_images >= curve[-1].images:
-            return self.threshold
-        if gallery_images <= curve[0].images:
-            return curve[0].threshold
-        upper = next(i for i, p in enumerate(curve) if p.images > gallery_images)
-        a, b = curve[upper - 1], curve[upper]
-        share = math.log(gallery_images / a.images) / math.log(b.images / a.images)
-        return a.threshold + share * (b.threshold - a.threshold)
+        return threshold_at(self.threshold, self.threshold_curve, gallery_images)
+
+    def rerank_threshold_for(self, gallery_images: int | None = None) -> float:
+        """The fused-probability threshold for a gallery of `gallery_images` embeddings, as
+        `threshold_for` reads the global one."""
+        if self.rerank is None:
+            raise ValueError("this bundle has no re-ranking")
+        return threshold_at(self.rerank.threshold, self.rerank.threshold_curve, gallery_images)
 
     def write(self, bundle_dir: Path) -> Path:
         path = Path(bundle_dir) / MANIFEST_NAME
@@ -186,6 +197,19 @@ class Manifest(BaseModel):
         actual = fingerprint_files(Path(bundle_dir), self.model_files)
         if actual != self.fingerprint:
             raise BundleError(f"bundle {bundle_dir}: fingerprint differs from the manifest")
+
+
+def threshold_at(threshold: float, curve: list[CurvePoint], gallery_images: int | None) -> float:
+    """A threshold curve read at a gallery size: interpolated in log(size), its first point
+    below it, `threshold` at and beyond its last point (and when the size is not given)."""
+    if gallery_images is None or not curve or gallery_images >= curve[-1].images:
+        return threshold
+    if gallery_images <= curve[0].images:
+        return curve[0].threshold
+    upper = next(i for i, p in enumerate(curve) if p.images > gallery_images)
+    a, b = curve[upper - 1], curve[upper]
+    share = math.log(gallery_images / a.images) / math.log(b.images / a.images)
+    return a.threshold + share * (b.threshold - a.threshold)
 
 
 def _sha256(path: Path) -> str:

@@ -12,10 +12,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EXTRACTORS", "MatcherSpec"]
+from gallery.rerank import Fusion
+
+__all__ = ["EXTRACTORS", "LOCAL_METHODS", "CurvePoint", "LocalMethod", "MatcherSpec", "RerankSpec"]
 
 # Keypoint extractors the wheel ships weights for, and the LightGlue weights trained on each.
 EXTRACTORS = ("aliked", "disk")
+# How two crops' keypoints are compared: the bundle's LightGlue, or mutual nearest descriptors
+# + RANSAC in numpy (gallery.local_match), the cheap one for CPU hosts.
+LocalMethod = Literal["lightglue", "mutual_nn"]
+LOCAL_METHODS: tuple[LocalMethod, ...] = ("lightglue", "mutual_nn")
 
 
 class MatcherSpec(BaseModel):
@@ -46,3 +52,36 @@ class MatcherSpec(BaseModel):
     def files(self) -> list[str]:
         """The model files, in the order the bundle fingerprint covers them."""
         return [self.extractor_file, self.matcher_file]
+
+
+class CurvePoint(BaseModel):
+    """The threshold tuned for a gallery of about this many embeddings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: int = Field(gt=0, description="gallery embeddings")
+    threshold: float = Field(description="the best new_individual threshold at that size")
+
+
+class RerankSpec(BaseModel):
+    """Re-ranking a global shortlist by local matches, fitted at export on the open-set
+    validation: which local method, the shortlist it was tuned with, the calibrations and
+    their fusion, and the `new_individual` threshold on the fused probability."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: LocalMethod = Field("lightglue", description="how two crops' keypoints are matched")
+    shortlist: int = Field(20, gt=0, description="gallery photos re-ranked per query (B)")
+    ransac_px: float = Field(
+        8.0, gt=0.0, description="mutual_nn only: inlier distance in letterbox pixels"
+    )
+    fusion: Fusion
+    threshold: float = Field(
+        ge=0.0, le=1.0, description="fused P(same individual) under which new_individual leads"
+    )
+    threshold_curve: list[CurvePoint] = Field(
+        default_factory=list, description="the fused threshold tuned on smaller galleries"
+    )
+    cv_metrics: dict[str, float] = Field(
+        default_factory=dict, description="open-set validation figures with re-ranking on"
+    )

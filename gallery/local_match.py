@@ -8,7 +8,7 @@ within a few pixels (RANSAC). The number of such inliers is the local score: the
 seen again yields many mutually consistent pairs, a different one a handful of chance pairs
 that no one transform agrees with.
 
-Inputs are the extractor's padded arrays (`app.local_features.LocalFeatures`'s fields):
+Inputs are the extractor's padded arrays (`gallery.keypoints.LocalFeatures`'s fields):
 keypoints (K, 2) in pixels, unit descriptors (K, D), a mask of real slots.
 """
 
@@ -23,6 +23,7 @@ __all__ = [
     "inlier_counts",
     "mutual_nearest",
     "ransac",
+    "verified_pairs",
 ]
 
 Transform = Literal["similarity", "affine"]
@@ -143,6 +144,34 @@ def ransac(
     return refit if refit.sum() >= inliers.sum() else inliers
 
 
+def verified_pairs(
+    keypoints0: np.ndarray,
+    descriptors0: np.ndarray,
+    mask0: np.ndarray,
+    keypoints1: np.ndarray,
+    descriptors1: np.ndarray,
+    mask1: np.ndarray,
+    *,
+    threshold: float,
+    transform: Transform = "similarity",
+    min_similarity: float = 0.0,
+    iterations: int = 256,
+) -> np.ndarray:
+    """(M, 2) slot pairs (i in crop 0, j in crop 1): mutual nearest neighbours that one
+    transform maps within `threshold` px. Arrays of one crop each: (K, ...)."""
+    i0, i1, _ = mutual_nearest(
+        descriptors0, mask0, descriptors1, mask1, min_similarity=min_similarity
+    )
+    inliers = ransac(
+        keypoints0[i0],
+        keypoints1[i1],
+        threshold=threshold,
+        transform=transform,
+        iterations=iterations,
+    )
+    return np.stack([i0[inliers], i1[inliers]], axis=1).astype(np.int64)
+
+
 def inlier_counts(
     keypoints0: np.ndarray,
     descriptors0: np.ndarray,
@@ -160,15 +189,17 @@ def inlier_counts(
     nearest neighbours. Query arrays are (K, ...), candidates' (B, K, ...)."""
     counts = np.zeros(len(keypoints1), dtype=np.int64)
     for b in range(len(keypoints1)):
-        i0, i1, _ = mutual_nearest(
-            descriptors0, mask0, descriptors1[b], mask1[b], min_similarity=min_similarity
-        )
-        inliers = ransac(
-            keypoints0[i0],
-            keypoints1[b][i1],
+        pairs = verified_pairs(
+            keypoints0,
+            descriptors0,
+            mask0,
+            keypoints1[b],
+            descriptors1[b],
+            mask1[b],
             threshold=threshold,
             transform=transform,
+            min_similarity=min_similarity,
             iterations=iterations,
         )
-        counts[b] = int(inliers.sum())
+        counts[b] = len(pairs)
     return counts

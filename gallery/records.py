@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from gallery.keypoints import StoredFeatures
+
 __all__ = [
     "KEEP",
     "Box",
@@ -50,6 +52,7 @@ class NewImage:
     vector: np.ndarray
     encounter: str | None = None
     box: Box | None = None
+    local: StoredFeatures | None = None  # the crop's keypoints, when the bundle has a matcher
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,9 @@ class Candidate:
     score: float
     species: str | None
     evidence_image_id: int | None
-    evidence_similarity: float | None
+    evidence_similarity: float | None  # the global cosine of the evidence photo
+    evidence_matches: int | None = None  # local matches with it, when re-ranked
+    evidence_points: np.ndarray | None = None  # (M, 4) xq, yq, xg, yg in upright photo pixels
 
 
 @dataclass(frozen=True)
