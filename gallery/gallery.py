@@ -61,6 +61,8 @@ class Gallery:
         self.photos = photos
         # Rank individuals for query vectors: the replica answers (IndexReplica.search).
         self.search = replica.search
+        # The nearest photos, for a ranking made outside the index (re-ranking).
+        self.shortlist = replica.shortlist
 
     @classmethod
     def open(

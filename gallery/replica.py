@@ -20,8 +20,9 @@ from gallery.errors import GalleryInputError, WhaleidError
 from gallery.index import CHOICES, VectorIndex, choose_kind
 from gallery.labels import Labels
 from gallery.locks import RWLock
-from gallery.rank import EMPTY, NEW, NEW_INDIVIDUAL, rank
+from gallery.rank import rank
 from gallery.records import Candidate, Change
+from gallery.shortlist import Shortlist
 from gallery.snapshot import SnapshotHeader, read_snapshot, read_snapshot_header, write_snapshot
 from gallery.store import SqlStore
 from gallery.sync import Follower
@@ -238,6 +239,29 @@ class IndexReplica:
         """Number of embeddings in the index."""
         return self._index.size
 
+    def shortlist(
+        self, vectors: np.ndarray, *, hits: int = 50, species: str | None = None
+    ) -> Shortlist:
+        """The `hits` most similar gallery photos of each query vector (species: only
+        individuals of it), with their individuals as they are now."""
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise GalleryInputError(
+                f"query vectors have shape {vectors.shape}, the gallery takes (N, {self.dim})"
+            )
+        if hits < 1:
+            raise GalleryInputError(f"hits ({hits}) must be at least 1")
+        with self._rw.read():
+            allowed = self._labels.species_mask(species) if species is not None else None
+            sims, ids = self._index.search(queries, hits, allowed)
+            codes = self._labels.codes_of(ids)
+            present = np.unique(codes[codes >= 0]).tolist()
+            names = {c: self._labels.names[c] for c in present}
+            species_of = {c: self._labels.species[c] for c in present}
+        return Shortlist(sims, ids, codes, names, species_of)
+
     def search(
         self,
         vectors: np.ndarray,
@@ -254,43 +278,10 @@ class IndexReplica:
         the evidence returned with it. Rows have up to top_k candidates (fewer when the
         gallery has fewer individuals).
         """
-        queries = np.ascontiguousarray(vectors, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise GalleryInputError(
-                f"query vectors have shape {vectors.shape}, the gallery takes (N, {self.dim})"
-            )
-        if top_k < 1 or hits < 1:
-            raise GalleryInputError(f"top_k ({top_k}) and hits ({hits}) must be at least 1")
-        with self._rw.read():
-            allowed = self._labels.species_mask(species) if species is not None else None
-            sims, ids = self._index.search(queries, hits, allowed)
-            codes = self._labels.codes_of(ids)
-            names, species_of = self._labels.names, self._labels.species
-            ranking = rank(sims, codes, threshold, top_k)
-            results: list[list[Candidate]] = []
-            for q in range(len(queries)):
-                row: list[Candidate] = []
-                for code, score, column in zip(
-                    ranking.codes[q], ranking.scores[q], ranking.evidence[q], strict=True
-                ):
-                    if code == EMPTY:
-                        continue
-                    if code == NEW:
-                        row.append(Candidate(NEW_INDIVIDUAL, float(score), None, None, None))
-                        continue
-                    row.append(
-                        Candidate(
-                            individual_id=names[code],
-                            score=float(score),
-                            species=species_of[code],
-                            evidence_image_id=int(ids[q, column]),
-                            evidence_similarity=float(sims[q, column]),
-                        )
-                    )
-                results.append(row)
-        return results
+        if top_k < 1:
+            raise GalleryInputError(f"top_k ({top_k}) must be at least 1")
+        found = self.shortlist(vectors, hits=hits, species=species)
+        return found.candidates(rank(found.sims, found.codes, threshold, top_k))
 
     def save_snapshot(self, path: Path | None = None) -> Path:
         """Write the index and labels as they stand (at self.seq) for a fast next start."""
