@@ -13,6 +13,7 @@ from pathlib import Path
 
 from app.detector import OnnxDetector
 from app.embedder import OnnxEmbedder
+from app.local_features import OnnxExtractor
 from app.manifest import Manifest
 from app.sessions import resolve_providers
 
@@ -21,12 +22,14 @@ __all__ = ["Bundle", "load_bundle"]
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded bundle: its folder, manifest and live sessions (detector None when it has none)."""
+    """A loaded bundle: its folder, manifest and live sessions (detector and keypoint
+    extractor None when it has none)."""
 
     path: Path
     manifest: Manifest
     embedders: list[OnnxEmbedder]
     detector: OnnxDetector | None
+    extractor: OnnxExtractor | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -50,4 +53,18 @@ def load_bundle(
         detector = OnnxDetector(
             bundle_dir / manifest.detector.file, manifest.detector, chosen, spinning=spinning
         )
-    return Bundle(path=bundle_dir, manifest=manifest, embedders=embedders, detector=detector)
+    extractor = None
+    if manifest.matcher is not None:
+        extractor = OnnxExtractor(
+            bundle_dir / manifest.matcher.extractor_file,
+            manifest.matcher,
+            chosen,
+            spinning=spinning,
+        )
+    return Bundle(
+        path=bundle_dir,
+        manifest=manifest,
+        embedders=embedders,
+        detector=detector,
+        extractor=extractor,
+    )

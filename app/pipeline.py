@@ -17,18 +17,21 @@ from PIL import Image
 from app.bundle import Bundle, load_bundle
 from app.embedder import combine
 from app.manifest import Manifest
-from app.preprocess import Box, Crop, EmbedTransform, crop_box, to_batch
+from app.preprocess import Box, Crop, EmbedTransform, crop_box, pad_box, to_batch
+from gallery.keypoints import LocalFeatures
 
 __all__ = ["Crop", "Embedded", "Pipeline"]
 
 
 @dataclass(frozen=True)
 class Embedded:
-    """Embeddings of a batch of photos: (N, D) float32, L2-normalised, and each photo's crop
-    (None where the whole photo was used)."""
+    """Embeddings of a batch of photos: (N, D) float32, L2-normalised, each photo's crop (None
+    where the whole photo was used) and, when the bundle has a matcher and they were asked
+    for, the crops' keypoints (frames mapping them onto each photo)."""
 
     vectors: np.ndarray
     crops: list[Crop | None]
+    local: LocalFeatures | None = None
 
 
 class Pipeline:
@@ -89,15 +92,30 @@ class Pipeline:
         weights = [member.spec.weight for member in self.bundle.embedders]
         return combine(parts, weights)
 
+    @property
+    def has_matcher(self) -> bool:
+        return self.bundle.extractor is not None
+
     def embed(
-        self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None
+        self,
+        images: Sequence[Image.Image],
+        boxes: Sequence[Box | None] | None = None,
+        *,
+        local: bool = True,
     ) -> Embedded:
         """Detect (unless `boxes` are given) → crop with padding → embed every member (flip TTA
-        where the manifest says) → weighted concat → L2 norm."""
+        where the manifest says) → weighted concat → L2 norm; and, when the bundle has a
+        matcher and `local`, the keypoints of the same crops."""
         located = self.locate(images, boxes)
         padding = self.padding
-        crops = [
-            crop_box(img, None if c is None else c.box, padding)
-            for img, c in zip(images, located, strict=True)
-        ]
-        return Embedded(vectors=self.embed_crops(crops), crops=located)
+        boxes_used = [None if c is None else c.box for c in located]
+        crops = [crop_box(img, b, padding) for img, b in zip(images, boxes_used, strict=True)]
+        features = None
+        if local and self.bundle.extractor is not None:
+            # Where each crop's corner sits in its photo, as crop_box cut it.
+            origins = [
+                (0.0, 0.0) if b is None else tuple(map(float, pad_box(b, padding, img.size)[:2]))
+                for img, b in zip(images, boxes_used, strict=True)
+            ]
+            features = self.bundle.extractor.extract(crops, origins)  # type: ignore[arg-type]
+        return Embedded(vectors=self.embed_crops(crops), crops=located, local=features)
