@@ -25,10 +25,12 @@ from app.decode import PhotoInfo, decode_image, photo_info
 from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.preprocess import Crop, check_photo
+from app.reranker import PairMatches, Reranker
 from app.settings import Settings
 from app.uploads import Upload
 from gallery.errors import NotFoundError
 from gallery.gallery import Gallery
+from gallery.keypoints import LocalFeatures
 from gallery.records import (
     Candidate,
     ImageRecord,
@@ -38,6 +40,7 @@ from gallery.records import (
     NewImage,
     RegisteredImage,
 )
+from gallery.shortlist import Shortlist
 
 __all__ = ["Engine", "Identification", "Registration"]
 
@@ -48,11 +51,22 @@ _WARMUP_SIZE = (320, 240)
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """One photo through the pipeline: its embedding, its crop and, when the bundle has a
+    matcher, the crop's keypoints (a LocalFeatures of one row)."""
+
+    vector: np.ndarray
+    crop: Crop | None
+    local: LocalFeatures | None
+
+
+@dataclass(frozen=True)
 class Identification:
     candidates: list[Candidate]
     threshold: float
     crop: Crop | None
     timing_ms: dict[str, float]
+    reranked: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,12 +82,36 @@ class Engine:
         self.gallery = gallery
         self.metrics = metrics
         self.ready = False
-        self.batcher: MicroBatcher[Image.Image, tuple[np.ndarray, Crop | None]] = MicroBatcher(
+        self.batcher: MicroBatcher[Image.Image, Embedding] = MicroBatcher(
             self._embed_batch,
             max_batch=settings.max_batch,
             max_wait=settings.max_wait_ms / 1000.0,
             on_batch=self._observe_batch,
             name="whaleid-embed",
+        )
+        manifest = pipeline.manifest
+        self.reranker: Reranker | None = None
+        self.shortlist_size = 0
+        if manifest.rerank is not None and settings.rerank_shortlist != 0:
+            self.reranker = Reranker.from_manifest(
+                pipeline.bundle.path,
+                manifest,
+                settings.providers,
+                spinning=settings.intra_op_spinning,
+            )
+            self.shortlist_size = settings.rerank_shortlist or manifest.rerank.shortlist
+        # Local matching of each query against its shortlist runs in its own worker thread,
+        # queries' pairs batched together, so it neither blocks the event loop nor the
+        # embedding of the next photos.
+        self.matcher: MicroBatcher[tuple[LocalFeatures, LocalFeatures], PairMatches] | None = (
+            None
+            if self.reranker is None
+            else MicroBatcher(
+                self.reranker.matcher.match_many,
+                max_batch=max(1, settings.max_batch // 4),
+                max_wait=settings.max_wait_ms / 1000.0,
+                name="whaleid-match",
+            )
         )
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -111,8 +149,10 @@ class Engine:
             # First runs allocate arenas and pick kernels (seconds on a GPU): pay that now,
             # before /readyz says yes, not on the first user's request.
             photo = Image.new("RGB", _WARMUP_SIZE, (90, 110, 130))
-            engine._embed_batch([photo])
+            (first,) = engine._embed_batch([photo])
             engine._embed_batch([photo] * min(settings.max_batch, 4))
+            if engine.reranker is not None and first.local is not None:
+                engine.reranker.matcher.match_many([(first.local, first.local)])
         metrics.track_gallery(lambda: float(engine.gallery.size))
         log.info("ready in %.1f s", time.perf_counter() - started)
         return engine
@@ -121,8 +161,19 @@ class Engine:
     def providers(self) -> list[str]:
         return self.pipeline.bundle.embedders[0].providers
 
+    @property
+    def rerank_status(self) -> str:
+        """`off`, or what re-ranks: method, extractor and shortlist."""
+        manifest = self.pipeline.manifest
+        if self.reranker is None or manifest.rerank is None or manifest.matcher is None:
+            return "off"
+        method = manifest.rerank.method
+        return f"{method}/{manifest.matcher.extractor}, {self.shortlist_size} photos"
+
     async def start(self) -> None:
         self.batcher.start()
+        if self.matcher is not None:
+            self.matcher.start()
         if self.settings.refresh_seconds > 0:
             # Other workers and replicas write to the same store: follow their changes.
             self.gallery.follow(interval=self.settings.refresh_seconds)
@@ -131,14 +182,20 @@ class Engine:
     async def close(self) -> None:
         self.ready = False
         await self.batcher.close()
+        if self.matcher is not None:
+            await self.matcher.close()
         # Stops the follower and writes the index snapshot when one is configured.
         await run_in_threadpool(self.gallery.close)
 
     # -- the steps ----------------------------------------------------------------------------
 
-    def _embed_batch(self, images: list[Image.Image]) -> list[tuple[np.ndarray, Crop | None]]:
+    def _embed_batch(self, images: list[Image.Image]) -> list[Embedding]:
         embedded = self.pipeline.embed(images)
-        return list(zip(embedded.vectors, embedded.crops, strict=True))
+        local = embedded.local
+        return [
+            Embedding(vector, crop, None if local is None else local.take([i]))
+            for i, (vector, crop) in enumerate(zip(embedded.vectors, embedded.crops, strict=True))
+        ]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -168,29 +225,101 @@ class Engine:
 
     # -- what routes call ---------------------------------------------------------------------
 
-    async def identify(self, upload: Upload, *, top_k: int, species: str | None) -> Identification:
+    async def identify(
+        self, upload: Upload, *, top_k: int, species: str | None, explain: bool = False
+    ) -> Identification:
+        """The top_k individuals for one photo: global kNN, then, when the bundle re-ranks,
+        local matches against the shortlist fused with it. `explain`: matched keypoints in
+        each candidate's evidence."""
         timing: dict[str, float] = {}
         start = time.perf_counter()
         image = await self.decode(upload)
         decoded = time.perf_counter()
-        (vector, crop), waited = await self.batcher.submit(image)
+        embedding, waited = await self.batcher.submit(image)
         embedded = time.perf_counter()
-        threshold = self.pipeline.manifest.threshold_for(species, self.gallery.size)
-        (candidates,) = await self._gallery(
-            self.gallery.search, vector[None, :], top_k=top_k, threshold=threshold, species=species
-        )
-        done = time.perf_counter()
         timing["decode"] = (decoded - start) * 1000
         timing["queue"] = waited * 1000
         timing["embed"] = (embedded - decoded - waited) * 1000
-        timing["search"] = (done - embedded) * 1000
-        timing["total"] = (done - start) * 1000
+        if self.reranker is not None and embedding.local is not None:
+            candidates, threshold = await self._reranked(
+                embedding, top_k=top_k, species=species, explain=explain, timing=timing
+            )
+        else:
+            threshold = self.pipeline.manifest.threshold_for(species, self.gallery.size)
+            (candidates,) = await self._gallery(
+                self.gallery.search,
+                embedding.vector[None, :],
+                top_k=top_k,
+                threshold=threshold,
+                species=species,
+            )
+            timing["search"] = (time.perf_counter() - embedded) * 1000
+        timing["total"] = (time.perf_counter() - start) * 1000
         return Identification(
             candidates=list(candidates),
             threshold=threshold,
-            crop=crop,
+            crop=embedding.crop,
             timing_ms={k: round(v, 2) for k, v in timing.items()},
+            reranked=self.reranker is not None and embedding.local is not None,
         )
+
+    async def _reranked(
+        self,
+        embedding: Embedding,
+        *,
+        top_k: int,
+        species: str | None,
+        explain: bool,
+        timing: dict[str, float],
+    ) -> tuple[list[Candidate], float]:
+        """Shortlist → the shortlisted photos' stored keypoints → local matches (the match
+        worker) → fused ranking (app.reranker, as export tuned it)."""
+        assert self.reranker is not None and self.matcher is not None
+        assert embedding.local is not None
+        spec = self.pipeline.manifest.matcher
+        assert spec is not None
+        started = time.perf_counter()
+
+        def shortlist() -> tuple[Shortlist, LocalFeatures]:
+            found = self.gallery.shortlist(
+                embedding.vector[None, :], hits=self.shortlist_size, species=species
+            )
+            ids = found.image_ids[0]
+            features, _ = self.gallery.local_features(
+                ids[ids >= 0].tolist(), max_keypoints=spec.max_keypoints, dim=spec.descriptor_dim
+            )
+            return found, features
+
+        found, features = await run_in_threadpool(shortlist)
+        listed = time.perf_counter()
+        matches, _ = await self.matcher.submit((embedding.local, features))
+        matched = time.perf_counter()
+        local = np.full(found.sims.shape, np.nan)
+        local[0, : len(matches.counts)] = matches.counts
+        threshold = self.pipeline.manifest.rerank_threshold_for(self.gallery.size)
+        reranked = self.reranker.rerank(
+            found.sims,
+            found.codes,
+            embedding.local,
+            [features],
+            threshold,
+            top_k,
+            local=(local, [matches]),
+        )
+        points = None
+        if explain:
+            points = [
+                [
+                    _photo_points(embedding.local, features, b, pairs)
+                    for b, pairs in enumerate(matches.pairs)
+                ]
+            ]
+        candidates = found.candidates(reranked.ranking, matches=local, points=points)
+        done = time.perf_counter()
+        timing["search"] = (listed - started) * 1000
+        timing["match"] = (matched - listed) * 1000
+        timing["rank"] = (done - matched) * 1000
+        return candidates[0], threshold
 
     async def register(
         self,
@@ -217,11 +346,12 @@ class Engine:
             NewImage(
                 content=u.content,
                 filename=u.filename,
-                vector=vector,
+                vector=e.vector,
                 encounter=encounter,
-                box=None if crop is None else crop.box,
+                box=None if e.crop is None else e.crop.box,
+                local=None if e.local is None else e.local.compact(0),
             )
-            for u, ((vector, crop), _) in zip(uploads, embedded, strict=True)
+            for u, (e, _) in zip(uploads, embedded, strict=True)
         ]
         registered = await self._gallery(
             self.gallery.register,
@@ -230,7 +360,7 @@ class Engine:
             images=new,
             metadata=metadata,
         )
-        crops = [crop for (_, crop), _ in embedded]
+        crops = [e.crop for e, _ in embedded]
         return Registration(
             individual_id=individual_id,
             images=[(r, u.filename, c) for r, u, c in zip(registered, uploads, crops, strict=True)],
@@ -312,6 +442,17 @@ class Engine:
 
     async def delete_image(self, image_id: int) -> None:
         await self._gallery(self.gallery.delete_image, image_id)
+
+
+def _photo_points(
+    query: LocalFeatures, candidates: LocalFeatures, row: int, pairs: np.ndarray
+) -> np.ndarray:
+    """(M, 4) matched keypoints of the query and candidate `row`, in their photos' pixels."""
+    if len(pairs) == 0:
+        return np.zeros((0, 4), np.float32)
+    xy_query = query.to_photo(0, query.keypoints[0][pairs[:, 0]])
+    xy_gallery = candidates.to_photo(row, candidates.keypoints[row][pairs[:, 1]])
+    return np.concatenate([xy_query, xy_gallery], axis=1)
 
 
 def _redact(url: str) -> str:

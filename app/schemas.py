@@ -52,8 +52,13 @@ class ErrorResponse(BaseModel):
 
 
 class Evidence(BaseModel):
-    image_id: int = Field(description="the gallery image most similar to the query")
-    similarity: float = Field(description="cosine similarity of that image to the query")
+    image_id: int = Field(description="the gallery image that gave the individual its score")
+    similarity: float = Field(description="global cosine similarity of that image to the query")
+    match_count: int | None = Field(
+        None,
+        description="local keypoint matches between the query's crop and that image's, where "
+        "the bundle re-ranks with local features (null otherwise)",
+    )
     matches: list[Quad] | None = Field(
         None,
         description="optional, only where local matching re-ranked the answer and the request "
@@ -68,7 +73,10 @@ class Prediction(BaseModel):
         description="a known individual, or `new_individual` where the threshold ranks it"
     )
     score: float = Field(
-        description="the individual's best similarity; for new_individual, the threshold"
+        description="the individual's best score; for new_individual, the threshold. Where the "
+        "bundle re-ranks with local features (`/readyz` `rerank`), the calibrated probability "
+        "that the query shows this individual (global similarity and local matches fused); "
+        "otherwise the best cosine similarity"
     )
     species: str | None = Field(None, description="the individual's species, when known")
     evidence: Evidence | None = Field(
@@ -86,15 +94,20 @@ class IdentifyResponse(BaseModel):
         description="top_k candidates, best first; `new_individual` is one of them"
     )
     threshold: float = Field(
-        description="similarity under which new_individual ranks first: the bundle's, tuned "
-        "for the species where it has one, else for a gallery of the current size"
+        description="score under which new_individual ranks first: the bundle's, tuned "
+        "for the species where it has one, else for a gallery of the current size (a fused "
+        "probability where the answer was re-ranked)"
+    )
+    reranked: bool = Field(
+        False, description="true when local matches re-ranked the global shortlist"
     )
     crop: CropOut | None = Field(
         description="where the photo was cropped; null when the whole photo was used"
     )
     model: str = Field(description="the bundle's fingerprint")
     timing_ms: dict[str, float] = Field(
-        description="milliseconds spent: decode, queue (waiting for a batch), embed, search, total"
+        description="milliseconds spent: decode, queue (waiting for a batch), embed, search, "
+        "and where re-ranked match (local matching of the shortlist) and rank; total"
     )
 
 
@@ -187,3 +200,8 @@ class Readiness(BaseModel):
     model: str | None = Field(None, description="the bundle's fingerprint")
     providers: list[str] = Field(default_factory=list, description="onnxruntime providers in use")
     gallery_size: int | None = Field(None, description="images in the search index")
+    rerank: str = Field(
+        "off",
+        description="local-feature re-ranking: `off`, or the method and shortlist in use, "
+        "e.g. `lightglue/aliked, 20 photos`",
+    )

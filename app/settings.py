@@ -124,6 +124,14 @@ class Settings(StoreSettings):
         5.0, ge=0, le=1000, description="how long a batch waits for more photos before it runs"
     )
     warmup: bool = Field(True, description="run the models once at start, before /readyz is ok")
+    rerank_shortlist: int | None = Field(
+        None,
+        ge=0,
+        le=200,
+        description="gallery photos re-ranked by local matches per query, when the bundle has "
+        "a matcher: default the number the bundle was tuned with (20); 0 turns re-ranking off "
+        "(global similarity only, the bundle's global threshold)",
+    )
 
     # Uploads.
     max_upload_bytes: int = Field(

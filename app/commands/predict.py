@@ -1,8 +1,9 @@
 """`whaleid predict`: identify a folder of photos against a gallery, to a submission CSV.
 
 It runs the service's own steps (app.pipeline.Pipeline: detect, crop, embed; Gallery.search:
-rank with new_individual at the bundle's threshold) on batches of photos, so a photo gets the
-same five answers here as from POST /identify. The CSV is Happywhale's submission format:
+rank with new_individual at the bundle's threshold; where the bundle re-ranks, its shortlist
+re-ranked by local matches with app.reranker) on batches of photos, so a photo gets the same
+five answers here as from POST /identify. The CSV is Happywhale's submission format:
 `image,predictions` with five space-separated individual ids.
 """
 
@@ -15,15 +16,19 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from app.decode import open_image
 from app.pipeline import Pipeline
 from app.preprocess import check_photo
+from app.reranker import Reranker
 from gallery.batches import chunks
 from gallery.errors import WhaleidError
 from gallery.gallery import Gallery
+from gallery.keypoints import LocalFeatures
+from gallery.records import Candidate
 from gallery.store import normalize_url, sqlite_path
 
 __all__ = ["IMAGE_SUFFIXES", "build_parser", "list_images", "run"]
@@ -54,6 +59,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "gallery of this size)",
     )
     parser.add_argument("--species", default=None, help="only rank individuals of this species")
+    parser.add_argument(
+        "--rerank-shortlist",
+        type=int,
+        default=None,
+        help="gallery photos re-ranked by local matches per photo, when the bundle has a "
+        "matcher (default: the bundle's, as the service; 0: global similarity only)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="photos per model call")
     parser.add_argument(
         "--providers",
@@ -91,7 +103,13 @@ def _decode(path: Path) -> Image.Image | WhaleidError:
 def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise WhaleidError("--top-k and --batch-size must be at least 1")
+    if args.rerank_shortlist is not None and args.rerank_shortlist < 0:
+        raise WhaleidError("--rerank-shortlist must be 0 (off) or more")
     pipeline = Pipeline.from_bundle(args.bundle, args.providers)
+    manifest = pipeline.manifest
+    reranker = None
+    if args.rerank_shortlist != 0 and manifest.rerank is not None:
+        reranker = Reranker.from_manifest(pipeline.bundle.path, manifest, args.providers)
     photos = list_images(args.images)
     url = normalize_url(args.gallery)
     _check_sqlite_exists(url)
@@ -99,9 +117,12 @@ def run(args: argparse.Namespace) -> int:
         # As POST /identify does: the species' own threshold where the bundle has one, else
         # the one tuned for a gallery of this size.
         threshold = args.threshold
-        if threshold is None:
-            threshold = pipeline.manifest.threshold_for(args.species, gallery.size)
-        rows, skipped = _identify(args, pipeline, gallery, photos, threshold)
+        if threshold is None and reranker is not None:
+            threshold = manifest.rerank_threshold_for(gallery.size)
+        elif threshold is None:
+            threshold = manifest.threshold_for(args.species, gallery.size)
+        rank = _Ranker(gallery, reranker, pipeline, args, threshold)
+        rows, skipped = _identify(args, pipeline, rank, photos)
     _write_csv(args.out, rows)
     # Each was named with its reason as it was skipped.
     note = f", {len(skipped)} unusable photo(s) left out" if skipped else ""
@@ -120,12 +141,51 @@ def _check_sqlite_exists(url: str) -> None:
         )
 
 
+class _Ranker:
+    """Embedded photos → candidates, as POST /identify ranks them."""
+
+    def __init__(
+        self,
+        gallery: Gallery,
+        reranker: Reranker | None,
+        pipeline: Pipeline,
+        args: argparse.Namespace,
+        threshold: float,
+    ) -> None:
+        self.gallery = gallery
+        self.reranker = reranker
+        self.matcher = pipeline.manifest.matcher
+        rerank = pipeline.manifest.rerank
+        self.hits = args.rerank_shortlist or (rerank.shortlist if rerank else 0)
+        self.top_k = args.top_k
+        self.species = args.species
+        self.threshold = threshold
+
+    def __call__(self, vectors: np.ndarray, local: LocalFeatures | None) -> list[list[Candidate]]:
+        if self.reranker is None or local is None or self.matcher is None:
+            return self.gallery.search(
+                vectors, top_k=self.top_k, threshold=self.threshold, species=self.species
+            )
+        found = self.gallery.shortlist(vectors, hits=self.hits, species=self.species)
+        candidates = [
+            self.gallery.local_features(
+                ids[ids >= 0].tolist(),
+                max_keypoints=self.matcher.max_keypoints,
+                dim=self.matcher.descriptor_dim,
+            )[0]
+            for ids in found.image_ids
+        ]
+        reranked = self.reranker.rerank(
+            found.sims, found.codes, local, candidates, self.threshold, self.top_k
+        )
+        return found.candidates(reranked.ranking, matches=reranked.local)
+
+
 def _identify(
     args: argparse.Namespace,
     pipeline: Pipeline,
-    gallery: Gallery,
+    rank: _Ranker,
     photos: list[Path],
-    threshold: float,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """(image, predictions) rows for every usable photo, and the others' names."""
     rows: list[tuple[str, str]] = []
@@ -145,10 +205,8 @@ def _identify(
                 if isinstance(img, Image.Image)
             ]
             if good:
-                vectors = pipeline.embed([img for _, img in good]).vectors
-                answers = gallery.search(
-                    vectors, top_k=args.top_k, threshold=threshold, species=args.species
-                )
+                embedded = pipeline.embed([img for _, img in good], local=rank.reranker is not None)
+                answers = rank(embedded.vectors, embedded.local)
                 rows += [
                     (path.name, " ".join(c.individual_id for c in candidates))
                     for (path, _), candidates in zip(good, answers, strict=True)

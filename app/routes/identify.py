@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from app.deps import EngineDep, IdentifyAccess
 from app.engine import Identification
@@ -37,6 +37,13 @@ def identify_response(result: Identification, model: str) -> IdentifyResponse:
             else Evidence(
                 image_id=c.evidence_image_id,
                 similarity=round(float(c.evidence_similarity or 0.0), 6),
+                match_count=c.evidence_matches,
+                matches=None
+                if c.evidence_points is None
+                else [
+                    (round(float(a), 1), round(float(b), 1), round(float(x), 1), round(float(y), 1))
+                    for a, b, x, y in c.evidence_points
+                ],
             ),
         )
         for c in result.candidates
@@ -47,6 +54,7 @@ def identify_response(result: Identification, model: str) -> IdentifyResponse:
         crop=crop_out(result.crop),
         model=model,
         timing_ms=result.timing_ms,
+        reranked=result.reranked,
     )
 
 
@@ -71,9 +79,16 @@ async def identify(
             description="only individuals of this species (and its threshold)",
         ),
     ] = None,
+    explain: Annotated[
+        bool,
+        Query(
+            description="add each candidate's matched keypoints (`evidence.matches`) where the "
+            "answer was re-ranked by local matches"
+        ),
+    ] = False,
 ) -> IdentifyResponse:
     """The `top_k` most likely individuals, best first. `new_individual` is one of them, placed
     where the bundle's tuned threshold ranks it: first when no known individual is that similar."""
     upload = await read_upload(image)
-    result = await engine.identify(upload, top_k=top_k, species=species or None)
+    result = await engine.identify(upload, top_k=top_k, species=species or None, explain=explain)
     return identify_response(result, engine.pipeline.fingerprint)
