@@ -64,12 +64,14 @@ from app.preprocess import (
 )
 from app.sessions import open_session, resolve_providers
 from bench.server import ServeProcess, ServerFailed, serve_env
+from gallery.keypoints import StoredFeatures
 from gallery.rank import NEW, NEW_INDIVIDUAL, rank
 
 REPO = Path(__file__).resolve().parents[1]
 HITS = 50
 TOP_K = 5
 CONCURRENCY = (1, 8)
+SHORTLISTS = (10, 20, 40)
 QUICK_QUERIES = 6
 QUICK_GALLERY = 64
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -239,15 +241,19 @@ class GalleryData:
         self.individuals = names
         code = {n: i for i, n in enumerate(names)}
         self.labels = np.array([code[p.individual_id] for p in self.photos], dtype=np.int64)
-        vectors, crops = [], []
+        vectors, crops, local = [], [], []
         for start in range(0, len(self.photos), batch):
             chunk = self.photos[start : start + batch]
             images = [decode_image(p.content, draft_side=None, name=p.image) for p in chunk]
             embedded = pipeline.embed(images)
             vectors.append(embedded.vectors)
             crops += embedded.crops
+            if embedded.local is not None:
+                local += [embedded.local.compact(i) for i in range(len(chunk))]
         self.vectors = np.concatenate(vectors)
         self.crops: list[Crop | None] = crops
+        # The crops' keypoints, stored with each photo where the bundle has a matcher.
+        self.local: list[StoredFeatures] | None = local or None
 
     def name(self, code: int) -> str:
         return NEW_INDIVIDUAL if code == NEW else self.individuals[code]
@@ -321,11 +327,14 @@ class Raw:
 class Server(ServeProcess):
     """The service under test, with a read key made for the run."""
 
-    def __init__(self, bundle: Path, gallery_db: Path, workdir: Path, device: str) -> None:
+    def __init__(
+        self, bundle: Path, gallery_db: Path, workdir: Path, device: str, **extra: str
+    ) -> None:
         from app.keys import add_key
 
         self.key, _ = add_key(workdir / "keys.json", scope="read", name="bench/service.py")
-        super().__init__(workdir, serve_env(bundle, gallery_db, workdir / "keys.json", device))
+        env = serve_env(bundle, gallery_db, workdir / "keys.json", device, **extra)
+        super().__init__(workdir, env)
 
 
 def fill_gallery(url: str, pipeline: Pipeline, gallery: GalleryData) -> None:
@@ -342,16 +351,25 @@ def fill_gallery(url: str, pipeline: Pipeline, gallery: GalleryData) -> None:
                 filename=p.image,
                 vector=v,
                 box=None if c is None else c.box,
+                local=None if gallery.local is None else gallery.local[i],
             ),
         )
-        for p, v, c in zip(gallery.photos, gallery.vectors, gallery.crops, strict=True)
+        for i, (p, v, c) in enumerate(
+            zip(gallery.photos, gallery.vectors, gallery.crops, strict=True)
+        )
     ]
     with Gallery.open(url, fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim) as g:
         g.import_images(items)
 
 
 def time_http(
-    server: Server, queries: Sequence[BenchPhoto], repeat: int, concurrency: int
+    server: Server,
+    queries: Sequence[BenchPhoto],
+    repeat: int,
+    concurrency: int,
+    *,
+    key: str | None = None,
+    name: str | None = None,
 ) -> Measure:
     """POST /identify for every query (`repeat` passes) from `concurrency` client threads."""
 
@@ -378,8 +396,8 @@ def time_http(
         answers = list(pool.map(lambda p: post(client, p), work))
         wall = time.perf_counter() - start
     return Measure(
-        f"service_c{concurrency}",
-        f"(b) service, HTTP, concurrency {concurrency}",
+        key or f"service_c{concurrency}",
+        name or f"(b) service, HTTP, concurrency {concurrency}",
         latencies_ms=[ms for ms, _, _ in answers],
         wall_s=wall,
         top1=[top for _, top, _ in answers[: len(queries)]],
@@ -532,6 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=REPO / ".demo",
         help="the demo's folder, built there unless it already is (default: .demo)",
     )
+    parser.add_argument(
+        "--shortlists",
+        type=int,
+        nargs="*",
+        default=list(SHORTLISTS),
+        help="where the bundle re-ranks: a (b′) row at concurrency 1 per shortlist size B "
+        "(default 10 20 40); the (b) rows then run with re-ranking off",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="passes over the queries")
     parser.add_argument("--limit", type=int, help="at most this many queries")
     parser.add_argument(
@@ -603,22 +629,40 @@ def measure_service(
     queries: Sequence[BenchPhoto],
     repeat: int,
 ) -> list[Measure]:
-    """(b) `whaleid serve` over HTTP, at each concurrency."""
+    """(b) `whaleid serve` over HTTP, at each concurrency (global ranking only), and (b′)
+    with local re-ranking of B shortlisted photos, at concurrency 1, for each B."""
     rows = []
+    reranks = pipeline.manifest.rerank is not None
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         db = args.gallery or Path(tmp) / "gallery.db"
         fill_gallery(f"sqlite:///{db.resolve()}", pipeline, gallery)
-        log("(b) starting whaleid serve")
-        server = Server(bundle, db, Path(tmp), args.device)
-        try:
-            server.start()
-            for concurrency in args.concurrency:
-                log(f"(b) concurrency {concurrency}")
-                rows.append(time_http(server, queries, repeat, concurrency))
-        except ServerFailed as exc:
-            raise SystemExit(str(exc)) from exc
-        finally:
-            server.stop()
+        settings = [("0", args.concurrency)] if reranks else [(None, args.concurrency)]
+        settings += [(str(b), [1]) for b in (args.shortlists if reranks else [])]
+        for shortlist, concurrencies in settings:
+            extra = {} if shortlist is None else {"WHALEID_RERANK_SHORTLIST": shortlist}
+            log(f"(b) starting whaleid serve {extra}")
+            server = Server(bundle, db, Path(tmp), args.device, **extra)
+            try:
+                server.start()
+                for concurrency in concurrencies:
+                    log(f"(b) concurrency {concurrency}")
+                    rerank = shortlist not in (None, "0")
+                    rows.append(
+                        time_http(
+                            server,
+                            queries,
+                            repeat,
+                            concurrency,
+                            key=f"rerank_b{shortlist}" if rerank else None,
+                            name=f"(b′) service, re-ranking B = {shortlist}, concurrency 1"
+                            if rerank
+                            else None,
+                        )
+                    )
+            except ServerFailed as exc:
+                raise SystemExit(str(exc)) from exc
+            finally:
+                server.stop()
     return rows
 
 
@@ -651,7 +695,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     correct = sum(a == t for a, t in zip(raw.top1, truth, strict=True)) / len(queries)
     ratios = {}
-    for row, concurrency in zip(service, args.concurrency, strict=True):
+    for row in service:
+        if row.key.startswith("rerank_"):
+            ratios[f"{row.key}/service_c1"] = row.images_per_s / service[0].images_per_s
+    for row, concurrency in zip(service, args.concurrency, strict=False):
         ratios[f"service_c{concurrency}/raw"] = row.images_per_s / raw.images_per_s
         ratios[f"service_c{concurrency}/seed"] = row.images_per_s / seed_row.images_per_s
         ratios[f"service_c{concurrency}/raw_spin"] = row.images_per_s / spinning.images_per_s
@@ -728,6 +775,9 @@ def report(
             f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}, "
             f"(b)/(a′) = {ratios[f'service_c{concurrency}/raw_spin']:.2f}  (images/s)"
         )
+    for key, ratio in ratios.items():
+        if key.startswith("rerank_"):
+            print(f"{key.split('/')[0]}: images/s against the global service at c1 = {ratio:.2f}")
     raw = rows[0]
     pairs = ", ".join(f"{row.key} {agreement([raw, row]):.0%}" for row in rows[1:])
     print(
