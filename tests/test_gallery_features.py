@@ -14,8 +14,9 @@ from fixtures.gallery import photo_bytes, unit_vectors
 from gallery.errors import GalleryInputError
 from gallery.gallery import Gallery, NewImage
 from gallery.keypoints import StoredFeatures
-from gallery.records import ImageRecord
+from gallery.records import ImageRecord, NewEntry
 from gallery.reembed import Reembedded, reembed
+from gallery.store import migrations, open_store
 
 OLD, NEW = "1" * 64, "2" * 64
 DIM = 16  # embedding
@@ -236,3 +237,23 @@ def test_a_model_without_features_for_a_matcher_bundle_is_named(
 
     with pytest.raises(Exception, match="no local features"):
         reembed(store_url, fingerprint=NEW, dim=8, embed=vectors_only, local=True, progress=False)
+
+
+def test_a_version_1_gallery_gains_the_table_and_keeps_its_images(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gallery as a whaleid before local features wrote it: migration 1 only.
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", {1: migrations.MIGRATIONS[1]})
+        store = open_store(store_url)
+        assert store.info().schema_version == 1
+        entry = NewEntry("A", None, "hash-1", "p1.jpg", None, None, unit_vectors(1, DIM)[0])
+        store.add_images(entries=[entry], fingerprint=OLD)
+        store.close()
+    store = open_store(store_url)
+    try:
+        assert store.info().schema_version == migrations.latest_version() >= 2
+        assert store.count_images() == 1 and store.count_features(fingerprint=OLD) == 0
+        assert store.count_missing(fingerprint=OLD, features=True) == 1
+    finally:
+        store.close()
