@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from gallery import images as image_records
 from gallery import individuals as individual_records
 from gallery.errors import GalleryInputError
 from gallery.images import ImportItem
+from gallery.keypoints import LocalFeatures
 from gallery.photos import PhotoStore, resolve_photos_dir
 from gallery.records import (
     KEEP,
@@ -272,6 +275,20 @@ class Gallery:
 
     def image(self, image_id: int) -> ImageRecord:
         return image_records.get_image(store=self.store, image_id=image_id)
+
+    def local_features(
+        self, image_ids: Sequence[int], *, max_keypoints: int, dim: int
+    ) -> tuple[LocalFeatures, np.ndarray]:
+        """The stored keypoints of these images (a query's shortlist) under the gallery's
+        fingerprint, padded to `max_keypoints` slots in the order given, and a (N,) bool of
+        which had any: one store read, no photo re-extracted."""
+        return image_records.local_features(
+            store=self.store,
+            fingerprint=self.fingerprint,
+            image_ids=image_ids,
+            max_keypoints=max_keypoints,
+            dim=dim,
+        )
 
     def photo(self, image_id: int) -> bytes:
         """The original photo of an image (NotFoundError when photos are not kept)."""

@@ -1,10 +1,10 @@
 """Images: the records' functions, keyword-only, that every path goes through.
 
 A registration is checked here once (the individual's id, species, encounter and metadata by
-gallery.rules; each embedding's shape and norm), its photos are kept (written and fsynced
-before the commit that refers to them), and the store commits it in one transaction. The HTTP
-routes and `Gallery` (which then brings its index up to date) and `whaleid gallery import`
-all register through `add_images`.
+gallery.rules; each embedding's shape and norm; its local features' shapes), its photos are
+kept (written and fsynced before the commit that refers to them), and the store commits it in
+one transaction. The HTTP routes and `Gallery` (which then brings its index up to date) and
+`whaleid gallery import` all register through `add_images`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,21 @@ from typing import Any, Literal
 import numpy as np
 
 from gallery.errors import GalleryInputError, NotFoundError, StoreUnavailableError
+from gallery.keypoints import LocalFeatures, StoredFeatures
 from gallery.photos import PhotoStore, content_hash
 from gallery.records import ImageRecord, NewEntry, NewImage, RegisteredImage
 from gallery.rules import check_individual_id, check_label, check_metadata
 from gallery.store import SqlStore
 
-__all__ = ["ImportItem", "add_images", "delete_image", "get_image", "new_entries", "photo_of"]
+__all__ = [
+    "ImportItem",
+    "add_images",
+    "delete_image",
+    "get_image",
+    "local_features",
+    "new_entries",
+    "photo_of",
+]
 
 NORM_TOLERANCE = 1e-2
 
@@ -63,7 +72,27 @@ def _entry(item: ImportItem, dim: int) -> NewEntry:
         box=box,  # type: ignore[arg-type]
         vector=vector,
         metadata=check_metadata(item.metadata),
+        local=_check_local(image.filename, image.local),
     )
+
+
+def _check_local(filename: str, local: StoredFeatures | None) -> StoredFeatures | None:
+    """Local features whose arrays agree on the number of keypoints, with finite values: the
+    store keeps them as flat blobs, which could not tell a wrong shape afterwards."""
+    if local is None:
+        return None
+    m = len(local)
+    shapes = (local.keypoints.shape, local.scores.shape, local.descriptors.shape[:1])
+    if shapes != ((m, 2), (m,), (m,)) or local.descriptors.ndim != 2 or local.frame.shape != (3,):
+        raise GalleryInputError(
+            f"{filename}: local features of mismatched shapes (keypoints "
+            f"{local.keypoints.shape}, scores {local.scores.shape}, descriptors "
+            f"{local.descriptors.shape}, frame {local.frame.shape})"
+        )
+    arrays = (local.keypoints, local.scores, local.descriptors, local.frame)
+    if not all(np.isfinite(np.asarray(a, dtype=np.float32)).all() for a in arrays):
+        raise GalleryInputError(f"{filename}: local features hold values that are not finite")
+    return local
 
 
 def add_images(
@@ -88,6 +117,24 @@ def add_images(
 
 def get_image(*, store: SqlStore, image_id: int) -> ImageRecord:
     return store.get_image(image_id=image_id)
+
+
+def local_features(
+    *,
+    store: SqlStore,
+    fingerprint: str,
+    image_ids: Sequence[int],
+    max_keypoints: int,
+    dim: int,
+) -> tuple[LocalFeatures, np.ndarray]:
+    """The images' stored keypoints padded to `max_keypoints` slots, in the order given (one
+    store read), and which images had any stored: (N,) bool. An image without (deleted, or
+    registered before its bundle had a matcher) is a row with an all-False mask."""
+    ids = [int(i) for i in image_ids]
+    stored = store.local_features(fingerprint=fingerprint, image_ids=ids, dim=dim)
+    empty = StoredFeatures.empty(dim)
+    found = np.array([i in stored for i in ids], dtype=bool)
+    return LocalFeatures.pad([stored.get(i, empty) for i in ids], max_keypoints, dim), found
 
 
 def photo_of(*, store: SqlStore, photos: PhotoStore | None, image_id: int) -> bytes:

@@ -113,6 +113,16 @@ class StoredFeatures:
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
 
+    @classmethod
+    def empty(cls, dim: int) -> StoredFeatures:
+        """A crop without keypoints (what a photo with none stored pads to: an all-False mask)."""
+        return cls(
+            keypoints=np.zeros((0, 2), np.float32),
+            scores=np.zeros(0, np.float32),
+            descriptors=np.zeros((0, dim), np.float16),
+            frame=np.zeros(3, np.float32),
+        )
+
     def to_bytes(self) -> tuple[bytes, bytes, bytes]:
         """(keypoints+scores, descriptors, frame) blobs: float32 (M, 3), float16 (M, D),
         float32 (3,)."""

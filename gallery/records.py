@@ -67,6 +67,7 @@ class NewEntry:
     box: Box | None
     vector: np.ndarray
     metadata: dict[str, Any] | None = None
+    local: StoredFeatures | None = None  # stored beside the embedding, under its fingerprint
 
 
 @dataclass(frozen=True)

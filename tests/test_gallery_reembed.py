@@ -11,14 +11,14 @@ from fixtures.gallery import photo_bytes, unit_vectors
 
 from gallery.gallery import FingerprintMismatchError, Gallery, NewImage
 from gallery.records import ImageRecord
-from gallery.reembed import reembed
+from gallery.reembed import Reembedded, reembed
 
 OLD, NEW = "1" * 64, "2" * 64
 
 
-def new_model(records: Sequence[ImageRecord], contents: Sequence[bytes]) -> np.ndarray:
+def new_model(records: Sequence[ImageRecord], contents: Sequence[bytes]) -> Reembedded:
     """A stand-in model: a vector derived from the photo's bytes (8-d)."""
-    return np.stack([unit_vectors(1, 8, seed=sum(c))[0] for c in contents])
+    return Reembedded(np.stack([unit_vectors(1, 8, seed=sum(c))[0] for c in contents]))
 
 
 def test_reembed_resumes_and_switches(store_url: str, tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_reembed_resumes_and_switches(store_url: str, tmp_path: Path) -> None:
             )
     calls = 0
 
-    def flaky(records: Sequence[ImageRecord], contents: Sequence[bytes]) -> np.ndarray:
+    def flaky(records: Sequence[ImageRecord], contents: Sequence[bytes]) -> Reembedded:
         nonlocal calls
         calls += 1
         if calls == 3:
@@ -51,7 +51,7 @@ def test_reembed_resumes_and_switches(store_url: str, tmp_path: Path) -> None:
         Gallery.open(store_url, fingerprint=OLD, dim=16)
     with Gallery.open(store_url, fingerprint=NEW, dim=8) as g:
         assert g.size == 10
-        query = new_model([], [photo_bytes("p4")])
+        query = new_model([], [photo_bytes("p4")]).vectors
         (row,) = g.search(query, threshold=0.5)
         assert row[0].individual_id == "ind-1" and row[0].score == pytest.approx(1.0)
     again = reembed(store_url, fingerprint=NEW, dim=8, embed=new_model, progress=False)

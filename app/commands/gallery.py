@@ -4,9 +4,11 @@
     whaleid gallery list | show ID | delete ID | rename OLD NEW | merge A B | export
     whaleid gallery reembed --bundle NEW                 recompute embeddings for a new model
 
-`import` and `reembed` run the service's own pipeline (app.pipeline.Pipeline), and `import`
-reads the catalogue with gallery.catalogue (training's reader and box rule), so a gallery built
-here answers exactly as one built through POST /gallery and crops as training did. The other
+`import` and `reembed` run the service's own pipeline (app.pipeline.Pipeline), storing each
+photo's keypoints beside its embedding when the bundle has a matcher (`reembed` also fills
+those missing under the bundle the gallery already uses), and `import` reads the catalogue
+with gallery.catalogue (training's reader and box rule), so a gallery built here answers
+exactly as one built through POST /gallery and crops as training did. The other
 commands work on the store alone (no model, no index) through the same record functions as the
 HTTP routes (gallery.individuals, gallery.images): a running service picks their changes up
 from the store's change log. `--gallery` and `--photos-dir` default to WHALEID_GALLERY and
@@ -22,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -36,9 +37,10 @@ from gallery.catalogue import Photo, read_catalogue
 from gallery.errors import WhaleidError
 from gallery.gallery import Gallery, ImportReport
 from gallery.images import ImportItem
+from gallery.keypoints import LocalFeatures, StoredFeatures
 from gallery.photos import PhotoStore, content_hash, resolve_photos_dir
 from gallery.records import ImageRecord, NewImage
-from gallery.reembed import EmbedFn, reembed
+from gallery.reembed import EmbedFn, Reembedded, reembed
 from gallery.rules import check_individual_id, check_label
 from gallery.store import SqlStore, open_store
 
@@ -97,7 +99,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="CSV of individuals and their images")
     p.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
 
-    p = sub.add_parser("reembed", help="recompute every embedding with another bundle")
+    p = sub.add_parser(
+        "reembed",
+        help="recompute every embedding with another bundle (and the keypoints a bundle with "
+        "a matcher has not stored yet)",
+    )
     p.add_argument("--bundle", type=Path, required=True, help="the new model bundle")
     p.add_argument("--batch-size", type=int, default=64, help="photos per model call and commit")
     p.add_argument("--providers", nargs="+", default=None, help="onnxruntime providers")
@@ -209,6 +215,9 @@ def _import_photos(
             # photo) when the catalogue has boxes, by the bundle's detector when it has none.
             given = [p.box for p, _, _ in decoded] if with_boxes else None
             embedded = pipeline.embed([img for _, _, img in decoded], given)
+            local: Sequence[StoredFeatures | None] = (
+                [None] * len(decoded) if embedded.local is None else _stored(embedded.local)
+            )
             items = [
                 ImportItem(
                     individual_id=photo.individual_id,
@@ -219,10 +228,11 @@ def _import_photos(
                         vector=vector,
                         encounter=photo.encounter,
                         box=None if crop is None else crop.box,
+                        local=features,
                     ),
                 )
-                for (photo, content, _), vector, crop in zip(
-                    decoded, embedded.vectors, embedded.crops, strict=True
+                for (photo, content, _), vector, crop, features in zip(
+                    decoded, embedded.vectors, embedded.crops, local, strict=True
                 )
             ]
             report = gallery.import_images(items, batch_size=len(items), on_conflict="skip")
@@ -232,6 +242,11 @@ def _import_photos(
         bar.update(len(chunk))
     bar.close()
     return total, unreadable
+
+
+def _stored(local: LocalFeatures) -> list[StoredFeatures]:
+    """Each crop's keypoints as the gallery keeps them."""
+    return [local.compact(row) for row in range(len(local))]
 
 
 def _read(photo: Photo) -> bytes:
@@ -251,27 +266,36 @@ def _reembed(args: argparse.Namespace, url: str, photos_dir: Path | None) -> int
         fingerprint=pipeline.fingerprint,
         dim=pipeline.embedding_dim,
         embed=_embedder(pipeline, redetect=args.redetect),
+        local=pipeline.has_matcher,
         photos_dir=photos_dir,
         batch_size=args.batch_size,
     )
-    if not report.switched:
-        print(f"the gallery already uses bundle {pipeline.fingerprint[:12]}…: nothing to do")
-    else:
+    bundle = f"bundle {pipeline.fingerprint[:12]}…"
+    if report.switched:
         print(
-            f"re-embedded {report.embedded} photos; the gallery ({report.total} photos) now "
-            f"uses bundle {pipeline.fingerprint[:12]}…"
+            f"re-embedded {report.embedded} photos ({report.features} with keypoints); the "
+            f"gallery ({report.total} photos) now uses {bundle}"
         )
+    elif report.features:
+        print(
+            f"the gallery already uses {bundle}; stored the keypoints of {report.features} "
+            f"photos that had none ({report.total} photos)"
+        )
+    else:
+        print(f"the gallery already uses {bundle}: nothing to do")
     return 0
 
 
 def _embedder(pipeline: Pipeline, *, redetect: bool) -> EmbedFn:
-    def embed(records: Sequence[ImageRecord], contents: Sequence[bytes]) -> np.ndarray:
+    def embed(records: Sequence[ImageRecord], contents: Sequence[bytes]) -> Reembedded:
         images = [
             decode_image(c, draft_side=None, name=r.filename)
             for r, c in zip(records, contents, strict=True)
         ]
         boxes = None if redetect else [r.box for r in records]
-        return pipeline.embed(images, boxes).vectors
+        embedded = pipeline.embed(images, boxes)
+        local = None if embedded.local is None else _stored(embedded.local)
+        return Reembedded(embedded.vectors, local)
 
     return embed
 

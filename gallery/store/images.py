@@ -1,4 +1,5 @@
-"""The store's images and their embeddings (one row per image and bundle fingerprint)."""
+"""The store's images and their embeddings (one row per image and bundle fingerprint), with
+their local features (gallery.store.features) written in the same transactions."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 
 from gallery.batches import chunks
 from gallery.errors import ConflictError, NotFoundError
+from gallery.keypoints import StoredFeatures
 from gallery.records import Box, EmbeddingBatch, ImageRecord, NewEntry, RegisteredImage
-from gallery.store.changes import ChangeLog
 from gallery.store.core import CHUNK, Cursor, ModelChangedError, retried
+from gallery.store.features import FeatureTable
 
 __all__ = ["IMAGE_COLUMNS", "ImageTable", "image_record"]
 
@@ -38,7 +40,7 @@ def image_record(row: Sequence[Any]) -> ImageRecord:
     )
 
 
-class ImageTable(ChangeLog):
+class ImageTable(FeatureTable):
     @abstractmethod
     def _ensure_individual(self, cur: Cursor, entry: NewEntry, now: datetime) -> str | None:
         """Create the entry's individual, or check and complete its species and metadata."""
@@ -51,7 +53,8 @@ class ImageTable(ChangeLog):
         fingerprint: str,
         on_conflict: Literal["raise", "skip"] = "raise",
     ) -> list[RegisteredImage | None]:
-        """Store images with their embeddings in one transaction, idempotent by content hash.
+        """Store images with their embeddings (and local features, where an entry has them) in
+        one transaction, idempotent by content hash.
 
         A photo already stored for the same individual answers created=False; for another
         individual it raises ConflictError (nothing is stored), or with on_conflict="skip"
@@ -110,6 +113,8 @@ class ImageTable(ChangeLog):
                     "INSERT INTO embeddings (image_id, fingerprint, vector) VALUES (?, ?, ?)",
                     (image_id, fingerprint, vector.tobytes()),
                 )
+                if entry.local is not None:
+                    self._put_features(cur, image_id, fingerprint, entry.local)
                 self._log(cur, "add", image_id, entry.individual_id)
                 known[entry.content_hash] = (image_id, entry.individual_id)
                 results.append(RegisteredImage(image_id, entry.individual_id, created=True))
@@ -138,7 +143,7 @@ class ImageTable(ChangeLog):
 
     @retried
     def delete_image(self, *, image_id: int) -> str:
-        """Delete one image and its embeddings; returns its content hash."""
+        """Delete one image, its embeddings and local features; returns its content hash."""
         with self._transaction(write=True) as cur:
             row = self._exec(
                 cur, "SELECT content_hash FROM images WHERE id = ?", (image_id,)
@@ -146,6 +151,7 @@ class ImageTable(ChangeLog):
             if row is None:
                 raise NotFoundError(f"no image {image_id} in the gallery")
             self._exec(cur, "DELETE FROM embeddings WHERE image_id = ?", (image_id,))
+            self._exec(cur, "DELETE FROM local_features WHERE image_id = ?", (image_id,))
             self._exec(cur, "DELETE FROM images WHERE id = ?", (image_id,))
             self._log(cur, "remove", image_id, None)
             self._notify(cur)
@@ -271,46 +277,67 @@ class ImageTable(ChangeLog):
 
     # -- re-embedding --------------------------------------------------------------------------
 
+    # What a re-embed still has to compute: images with no embedding for the fingerprint, or,
+    # with `features`, no local features for it either (a bundle with a matcher).
+    _MISSING = (
+        "(NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = m.id AND e.fingerprint = ?)"
+        "{features})"
+    )
+    _NO_FEATURES = (
+        " OR NOT EXISTS (SELECT 1 FROM local_features f "
+        "WHERE f.image_id = m.id AND f.fingerprint = ?)"
+    )
+
+    def _missing_clause(self, fingerprint: str, features: bool) -> tuple[str, list[str]]:
+        if features:
+            return self._MISSING.format(features=self._NO_FEATURES), [fingerprint, fingerprint]
+        return self._MISSING.format(features=""), [fingerprint]
+
     @retried
     def images_missing(
-        self, *, fingerprint: str, after: int = -1, limit: int = 256
+        self, *, fingerprint: str, after: int = -1, limit: int = 256, features: bool = False
     ) -> list[ImageRecord]:
-        """Images with no embedding for `fingerprint`, in id order after `after`."""
+        """Images with no embedding for `fingerprint` (with `features`: or no local features
+        for it), in id order after `after`."""
+        clause, params = self._missing_clause(fingerprint, features)
         with self._transaction(write=False) as cur:
             rows = self._exec(
                 cur,
-                f"SELECT {IMAGE_COLUMNS} FROM images m WHERE id > ? AND NOT EXISTS "
-                "(SELECT 1 FROM embeddings e WHERE e.image_id = m.id AND e.fingerprint = ?) "
+                f"SELECT {IMAGE_COLUMNS} FROM images m WHERE id > ? AND {clause} "
                 "ORDER BY id LIMIT ?",
-                (after, fingerprint, limit),
+                (after, *params, limit),
             ).fetchall()
         return [image_record(r) for r in rows]
 
     @retried
-    def count_missing(self, *, fingerprint: str) -> int:
+    def count_missing(self, *, fingerprint: str, features: bool = False) -> int:
+        """How many images `images_missing` would list in all."""
         with self._transaction(write=False) as cur:
-            return self._missing(cur, fingerprint)
+            return self._missing(cur, fingerprint, features)
 
-    def _missing(self, cur: Cursor, fingerprint: str) -> int:
-        """Images that have no embedding made by `fingerprint`."""
+    def _missing(self, cur: Cursor, fingerprint: str, features: bool = False) -> int:
+        clause, params = self._missing_clause(fingerprint, features)
         return int(
-            self._exec(
-                cur,
-                "SELECT COUNT(*) FROM images m WHERE NOT EXISTS (SELECT 1 FROM embeddings e "
-                "WHERE e.image_id = m.id AND e.fingerprint = ?)",
-                (fingerprint,),
-            ).fetchone()[0]
+            self._exec(cur, f"SELECT COUNT(*) FROM images m WHERE {clause}", params).fetchone()[0]
         )
 
     @retried
     def put_embeddings(
-        self, *, fingerprint: str, image_ids: Sequence[int], vectors: np.ndarray
+        self,
+        *,
+        fingerprint: str,
+        image_ids: Sequence[int],
+        vectors: np.ndarray,
+        local: Sequence[StoredFeatures] | None = None,
     ) -> None:
-        """Store embeddings of another fingerprint beside the current ones (re-embedding).
-        Images deleted meanwhile are skipped; rows already there are kept."""
+        """Store embeddings of another fingerprint beside the current ones (re-embedding), and
+        the images' local features with them when given, in one transaction. Images deleted
+        meanwhile are skipped; rows already there are kept."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if local is not None and len(local) != len(image_ids):
+            raise ValueError(f"{len(local)} local features for {len(image_ids)} images")
         with self._transaction(write=True) as cur:
-            for image_id, vector in zip(image_ids, vectors, strict=True):
+            for row, (image_id, vector) in enumerate(zip(image_ids, vectors, strict=True)):
                 self._exec(
                     cur,
                     "INSERT INTO embeddings (image_id, fingerprint, vector) "
@@ -318,11 +345,14 @@ class ImageTable(ChangeLog):
                     "ON CONFLICT (image_id, fingerprint) DO NOTHING",
                     (int(image_id), fingerprint, vector.tobytes(), int(image_id)),
                 )
+                if local is not None:
+                    self._put_features(cur, int(image_id), fingerprint, local[row])
 
     @retried
     def switch_fingerprint(self, *, fingerprint: str, dim: int) -> None:
         """Make `fingerprint` the gallery's model, once every image has its embedding; drops
-        the other fingerprints' embeddings and logs a reset, so every index rebuilds."""
+        the other fingerprints' embeddings and local features and logs a reset, so every index
+        rebuilds. (Local features are not required: a bundle without a matcher has none.)"""
         with self._transaction(write=True) as cur:
             missing = self._missing(cur, fingerprint)
             if missing:
@@ -331,6 +361,7 @@ class ImageTable(ChangeLog):
                     "run `whaleid gallery reembed` again to finish"
                 )
             self._exec(cur, "DELETE FROM embeddings WHERE fingerprint <> ?", (fingerprint,))
+            self._exec(cur, "DELETE FROM local_features WHERE fingerprint <> ?", (fingerprint,))
             self._set_meta(cur, {"fingerprint": fingerprint, "dim": str(dim)})
             self._log(cur, "reset", None, None)
             self._notify(cur)

@@ -80,6 +80,12 @@ class IndividualTable(ChangeLog):
                 "(SELECT id FROM images WHERE individual_id = ?)",
                 (individual_id,),
             )
+            self._exec(
+                cur,
+                "DELETE FROM local_features WHERE image_id IN "
+                "(SELECT id FROM images WHERE individual_id = ?)",
+                (individual_id,),
+            )
             self._exec(cur, "DELETE FROM images WHERE individual_id = ?", (individual_id,))
             self._exec(cur, "DELETE FROM individuals WHERE id = ?", (individual_id,))
             self._notify(cur)

@@ -51,6 +51,20 @@ MIGRATIONS: dict[int, list[str]] = {
             individual_id TEXT
         )""",
     ],
+    # Each photo's keypoints, beside its embedding and under the same fingerprint (a re-embed
+    # switches them over with the embeddings): points (M, 3) float32 x, y, score in letterbox
+    # pixels; descriptors (M, D) float16; frame (3,) float32 letterbox → photo pixels
+    # (gallery.keypoints.StoredFeatures). M may be 0: extracted, and nothing found.
+    2: [
+        """CREATE TABLE local_features (
+            image_id BIGINT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+            fingerprint TEXT NOT NULL,
+            points {blob} NOT NULL,
+            descriptors {blob} NOT NULL,
+            frame {blob} NOT NULL,
+            PRIMARY KEY (image_id, fingerprint)
+        )""",
+    ],
 }
 
 DIALECTS: dict[str, dict[str, str]] = {
