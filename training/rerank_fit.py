@@ -39,6 +39,7 @@ __all__ = [
     "RerankFit",
     "embed_open_set",
     "fit_rerank",
+    "search",
     "top1_known",
 ]
 
@@ -132,7 +133,7 @@ class PairScores:
         self.matched += sum(len(p) for p in photos)
 
 
-def _search(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Inner-product kNN as training.evaluate.knn_hits searches, answering gallery rows:
     (Q, k) cosines and row indices (-1 past the gallery's end)."""
     k = max(1, min(k, len(gallery)))
@@ -157,6 +158,8 @@ class RerankFit:
     sweep: SweepResult
     figures: dict[str, float] = field(default_factory=dict)
     pairs_matched: int = 0
+    # The whole validation's shortlists: (Q, W) cosines, individual codes, local scores.
+    shortlists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def _fused_grid(fused: np.ndarray, step: float) -> np.ndarray:
@@ -194,7 +197,7 @@ def fit_rerank(
 
     def shortlisted(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.flatnonzero(keep)
-        sims, found = _search(embedded.gallery[rows], embedded.queries, width)
+        sims, found = search(embedded.gallery[rows], embedded.queries, width)
         index = np.where(found >= 0, rows[found.clip(0)], -1)
         labels = np.where(index >= 0, labels_g[index.clip(0)], -1)
         return sims, labels, pairs.scores(index, shortlist)
@@ -245,4 +248,10 @@ def fit_rerank(
         threshold_curve=[CurvePoint.model_validate(p) for p in curve],
         cv_metrics={k: float(v) for k, v in figures.items() if v == v},
     )
-    return RerankFit(spec=spec, sweep=result, figures=figures, pairs_matched=pairs.matched)
+    return RerankFit(
+        spec=spec,
+        sweep=result,
+        figures=figures,
+        pairs_matched=pairs.matched,
+        shortlists=(sims, labels, local),
+    )
