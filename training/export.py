@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from app.decode import open_image
 from app.embedder import INPUT_NAME, OUTPUT_NAME, OnnxEmbedder
 from app.manifest import (
     BundleError,
@@ -40,12 +40,16 @@ from app.manifest import (
     file_digests,
     fingerprint_files,
 )
+from app.matcher_spec import LocalMethod
 from app.pipeline import Pipeline
 from app.preprocess import EmbedTransform, to_batch
+from app.reranker import open_local_matcher
 from gallery.errors import WhaleidError
 from gallery.metrics import SweepResult
 from training.catalogue import Photo, read_photo
 from training.evaluate import EmbeddedSet, summary, sweep, threshold_curve, write_sweep_csv
+from training.matcher_export import MatcherParity, export_matcher
+from training.rerank_fit import RerankFit, embed_open_set, fit_rerank
 from training.runs import Run
 from training.splits import EvalSet
 
@@ -55,6 +59,7 @@ __all__ = [
     "OPSET",
     "ExportError",
     "ExportReport",
+    "MatcherOptions",
     "Parity",
     "check_parity",
     "export_bundle",
@@ -67,9 +72,12 @@ OPSET = 17
 FP32_MIN_COSINE = 0.999
 FP16_MIN_COSINE = 0.995
 PARITY_PHOTOS = 16
+# Each crop is matched against the next and against a re-framed copy of itself, in torch and in
+# onnxruntime: a handful gives a few hundred confident matches to compare.
+MATCHER_PARITY_PHOTOS = 6
 SWEEP_PNG = "sweep.png"
 SWEEP_CSV = "sweep.csv"
-_EMBED_BATCH = 32
+RERANK_SWEEP_CSV = "rerank-sweep.csv"
 # Ops kept in fp32 in fp16 models: GeM's x^p and its mean over positions overflow fp16.
 _FP32_OPS = ["Pow", "ReduceMean"]
 
@@ -93,14 +101,37 @@ class Parity:
         return self.min_cosine >= self.required
 
 
+@dataclass(frozen=True)
+class MatcherOptions:
+    """`whaleid export --matcher`: the local matcher to add and how re-ranking is fitted."""
+
+    extractor: str  # aliked or disk (app.matcher_spec.EXTRACTORS)
+    keypoints: int = 512
+    side: int = 512
+    method: LocalMethod = "lightglue"
+    shortlist: int = 20
+    fusion: str = "auto"  # mean, logistic or auto (training.rerank_fit.FUSION_CHOICES)
+    parity_photos: int = MATCHER_PARITY_PHOTOS
+
+    @property
+    def ransac_px(self) -> float:
+        """mutual_nn's inlier distance: 2% of the letterbox side, as tests/test_matcher.py
+        found to separate a re-framed copy from another animal."""
+        return 0.02 * self.side
+
+
 @dataclass
 class ExportReport:
-    """What `export_bundle` made: the manifest, each embedder's parity, the sweep if re-tuned."""
+    """What `export_bundle` made: the manifest, each embedder's parity, the sweep if re-tuned,
+    the matcher's parity and re-ranking fit when asked for, and the seconds each step took."""
 
     bundle: Path
     manifest: Manifest
     parity: list[Parity] = field(default_factory=list)
     sweep: SweepResult | None = None
+    matcher_parity: MatcherParity | None = None
+    rerank: RerankFit | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def export_embedder(
@@ -251,34 +282,25 @@ def _common(runs: Sequence[Run], what: str, values: list[Any]) -> Any:
 
 
 def retune_threshold(
-    pipeline: Pipeline, runs: Sequence[Run], bundle_dir: Path
+    pipeline: Pipeline,
+    runs: Sequence[Run],
+    bundle_dir: Path,
+    embedded: EmbeddedSet | None = None,
 ) -> tuple[SweepResult, dict[str, float], list[ThresholdPoint]]:
     """Sweep the ensemble's threshold on the runs' shared open-set validation, and its curve
     over smaller galleries (training.evaluate.threshold_curve).
 
-    Photos are embedded by the bundle's own pipeline exactly as serving will embed them:
-    gallery photos with their catalogue boxes (as `whaleid gallery import` registers them),
-    queries as photos arrive at POST /identify and `whaleid predict`, cropped by the bundle's
-    detector (whole photos when it has none). So the threshold and the figures are those of
-    the service on these photos. kNN, sweep grid and summary are training.evaluate's (the
-    first run's eval settings). Writes sweep.png and sweep.csv into the bundle.
+    Photos are embedded by the bundle's own pipeline exactly as serving will embed them
+    (`training.rerank_fit.embed_open_set`; `embedded` when the caller already has them), so
+    the threshold and the figures are those of the service on these photos. kNN, sweep grid
+    and summary are training.evaluate's (the first run's eval settings). Writes sweep.png and
+    sweep.csv into the bundle.
     """
     from training.plots import plot_sweep
 
     eval_set = _same_open_set(runs)
-
-    def embed(photos: list[Photo], with_boxes: bool) -> np.ndarray:
-        chunks = [np.zeros((0, pipeline.embedding_dim), dtype=np.float32)]
-        for start in range(0, len(photos), _EMBED_BATCH):
-            part = photos[start : start + _EMBED_BATCH]
-            images = [open_image(p.path) for p in part]
-            boxes = [p.box for p in part] if with_boxes else None
-            chunks.append(pipeline.embed(images, boxes=boxes).vectors)
-        return np.concatenate(chunks)
-
-    embedded = EmbeddedSet(
-        eval_set, embed(eval_set.gallery, with_boxes=True), embed(eval_set.queries, False)
-    )
+    if embedded is None:
+        embedded = embed_open_set(pipeline, eval_set, local=False).embedded
     cfg = runs[0].config.eval
     result = sweep(embedded, cfg)
     figures = {k: float(v) for k, v in summary(result, eval_set).items() if v is not None}
@@ -320,12 +342,15 @@ def export_bundle(
     checkpoint: str = "best",
     providers: Sequence[str] | None = None,
     check_detector: bool = True,
+    matcher: MatcherOptions | None = None,
 ) -> ExportReport:
     """Export runs (an ensemble when several) and an optional detector run to a bundle at `out`.
 
     The bundle is built in `out`.partial and moved into place only when every check passed,
     so a failed export leaves no half bundle behind. `check_detector=False` skips the
     detector's own parity check (training.detector.export), for callers that checked it.
+    `matcher`: add the local matcher (parity-checked on the first run's catalogue crops) and
+    fit re-ranking on the open-set validation (training.rerank_fit) into `manifest.rerank`.
     """
     if not run_dirs:
         raise ExportError("no --run given")
@@ -358,6 +383,7 @@ def export_bundle(
             checkpoint,
             providers,
             check_detector,
+            matcher,
         )
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -380,7 +406,9 @@ def _export_into(
     checkpoint: str,
     providers: Sequence[str] | None,
     check_detector: bool,
+    matcher: MatcherOptions | None,
 ) -> ExportReport:
+    seconds: dict[str, float] = {}
     required = FP16_MIN_COSINE if fp16 else FP32_MIN_COSINE
     specs: list[EmbedderSpec] = []
     parities: list[Parity] = []
@@ -411,6 +439,19 @@ def _export_into(
             Path(detector_run), work / "detector.onnx", padding=padding, check=check_detector
         )
 
+    matcher_spec, matcher_parity = None, None
+    if matcher is not None:
+        start = time.perf_counter()
+        matcher_spec, matcher_parity = export_matcher(
+            matcher.extractor,
+            work,
+            input_side=matcher.side,
+            max_keypoints=matcher.keypoints,
+            parity_crops=_parity_crops(runs[0], max(2, matcher.parity_photos), padding),
+            providers=providers,
+        )
+        seconds["matcher_export_and_parity"] = time.perf_counter() - start
+
     labels = [run.labels for run in runs]
     manifest = _write_manifest(
         work,
@@ -425,18 +466,51 @@ def _export_into(
             species=sorted({s for lab in labels for s in lab.species}),
             cv_metrics=_single_run_figures(runs[0]),
             training_configs=[run.config.model_dump(mode="json") for run in runs],
+            matcher=matcher_spec,
         ),
     )
-    result = None
-    if len(runs) > 1:
-        pipeline = Pipeline.from_bundle(work, list(providers) if providers else None)
-        result, figures, curve = retune_threshold(pipeline, runs, work)
-        tuned = {
-            "threshold": result.best_threshold,
-            "cv_metrics": figures,
-            "threshold_curve": curve,
-        }
-        manifest = _write_manifest(work, manifest.model_copy(update=tuned))
+    chosen = list(providers) if providers else None
+    result, fit = None, None
+    if len(runs) > 1 or matcher_spec is not None:
+        start = time.perf_counter()
+        pipeline = Pipeline.from_bundle(work, chosen)
+        # One embedding of the validation serves the ensemble's threshold and the re-ranking.
+        photos = embed_open_set(pipeline, _same_open_set(runs), local=matcher_spec is not None)
+        seconds["embed_validation"] = time.perf_counter() - start
+        if len(runs) > 1:
+            result, figures, curve = retune_threshold(pipeline, runs, work, photos.embedded)
+            tuned = {
+                "threshold": result.best_threshold,
+                "cv_metrics": figures,
+                "threshold_curve": curve,
+            }
+            manifest = _write_manifest(work, manifest.model_copy(update=tuned))
+        if matcher is not None and matcher_spec is not None:
+            start = time.perf_counter()
+            local = open_local_matcher(
+                work, matcher_spec, matcher.method, ransac_px=matcher.ransac_px, providers=chosen
+            )
+            fit = fit_rerank(
+                photos,
+                local,
+                runs[0].config.eval,
+                method=matcher.method,
+                shortlist=matcher.shortlist,
+                fusion=matcher.fusion,
+                ransac_px=matcher.ransac_px,
+                seed=runs[0].config.seed,
+            )
+            write_sweep_csv(fit.sweep, work / RERANK_SWEEP_CSV)
+            manifest = _write_manifest(work, manifest.model_copy(update={"rerank": fit.spec}))
+            seconds["rerank_fit"] = time.perf_counter() - start
     # Read back as serving will: files, fingerprint and every session's inputs and outputs.
-    Pipeline.from_bundle(work, list(providers) if providers else None)
-    return ExportReport(bundle=work, manifest=manifest, parity=parities, sweep=result)
+    Pipeline.from_bundle(work, chosen)
+    return ExportReport(
+        bundle=work,
+        manifest=manifest,
+        parity=parities,
+        sweep=result,
+        matcher_parity=matcher_parity,
+        rerank=fit,
+        seconds=seconds,
+    )
