@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures.bundle import RERANK_KEYPOINTS, RERANK_SHORTLIST, RERANK_SIDE
 
 from app.manifest import BundleError, Manifest, fingerprint_files
 from app.pipeline import Pipeline
@@ -25,35 +26,17 @@ from training.runs import Run
 
 pytestmark = pytest.mark.slow
 
-SIDE = 256
-KEYPOINTS = 128
-SHORTLIST = 4
+SIDE, KEYPOINTS, SHORTLIST = RERANK_SIDE, RERANK_KEYPOINTS, RERANK_SHORTLIST
 
 
 @pytest.fixture(scope="module")
-def plain_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.export import export_bundle
-
-    out = tmp_path_factory.mktemp("plain") / "bundle"
-    export_bundle([tiny_run], out, providers=["cpu"])
-    return out
+def plain_bundle(plain_rerank_twin: Path) -> Path:
+    return plain_rerank_twin
 
 
 @pytest.fixture(scope="module")
-def matcher_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from training.export import MatcherOptions, export_bundle
-
-    out = tmp_path_factory.mktemp("matcher") / "bundle"
-    options = MatcherOptions(
-        extractor="aliked",
-        keypoints=KEYPOINTS,
-        side=SIDE,
-        method="mutual_nn",
-        shortlist=SHORTLIST,
-        fusion="auto",
-        parity_photos=4,
-    )
-    return export_bundle([tiny_run], out, providers=["cpu"], matcher=options)
+def matcher_export(rerank_export: Any) -> Any:
+    return rerank_export
 
 
 def test_export_with_matcher_writes_matcher_and_rerank(matcher_export: Any, tiny_run: Path) -> None:
