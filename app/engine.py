@@ -12,7 +12,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.batching import MicroBatcher
 from app.decode import PhotoInfo, decode_image, photo_info
+from app.encounters import ENCOUNTER_FUSION, encounter_threshold
 from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.preprocess import Crop, check_photo
@@ -38,8 +39,9 @@ from gallery.records import (
     NewImage,
     RegisteredImage,
 )
+from gallery.rules import check_viewpoint
 
-__all__ = ["Engine", "Identification", "Registration"]
+__all__ = ["EncounterIdentification", "Engine", "Identification", "Registration"]
 
 log = logging.getLogger("whaleid.app")
 T = TypeVar("T")
@@ -53,6 +55,19 @@ class Identification:
     threshold: float
     crop: Crop | None
     timing_ms: dict[str, float]
+    viewpoint: str | None = None  # the viewpoint the search was restricted to
+
+
+@dataclass(frozen=True)
+class EncounterIdentification:
+    """One answer for several photos of one encounter; each candidate's `evidence_photo` is
+    the index of the photo (in request order) that found its evidence."""
+
+    candidates: list[Candidate]
+    threshold: float
+    crops: list[Crop | None]
+    timing_ms: dict[str, float]
+    viewpoint: str | None
 
 
 @dataclass(frozen=True)
@@ -168,16 +183,24 @@ class Engine:
 
     # -- what routes call ---------------------------------------------------------------------
 
-    async def identify(self, upload: Upload, *, top_k: int, species: str | None) -> Identification:
+    async def identify(
+        self, upload: Upload, *, top_k: int, species: str | None, viewpoint: str | None = None
+    ) -> Identification:
         timing: dict[str, float] = {}
         start = time.perf_counter()
+        viewpoint = check_viewpoint(viewpoint)
         image = await self.decode(upload)
         decoded = time.perf_counter()
         (vector, crop), waited = await self.batcher.submit(image)
         embedded = time.perf_counter()
-        threshold = self.pipeline.manifest.threshold_for(species, self.gallery.size)
+        threshold = self.pipeline.manifest.threshold_for(species, self._searched(viewpoint))
         (candidates,) = await self._gallery(
-            self.gallery.search, vector[None, :], top_k=top_k, threshold=threshold, species=species
+            self.gallery.search,
+            vector[None, :],
+            top_k=top_k,
+            threshold=threshold,
+            species=species,
+            viewpoint=viewpoint,
         )
         done = time.perf_counter()
         timing["decode"] = (decoded - start) * 1000
@@ -190,6 +213,58 @@ class Engine:
             threshold=threshold,
             crop=crop,
             timing_ms={k: round(v, 2) for k, v in timing.items()},
+            viewpoint=viewpoint,
+        )
+
+    def _searched(self, viewpoint: str | None) -> int:
+        """The size of the gallery a query of this viewpoint is searched in: its threshold's."""
+        if viewpoint is None:
+            return self.gallery.size
+        return self.gallery.count_compatible(viewpoint)
+
+    async def identify_encounter(
+        self,
+        uploads: Sequence[Upload],
+        *,
+        top_k: int,
+        species: str | None,
+        viewpoint: str | None = None,
+    ) -> EncounterIdentification:
+        """One answer for several photos of one encounter: each embedded through the batcher
+        (concurrently, so they share batches), the individuals' scores fused across photos."""
+        timing: dict[str, float] = {}
+        start = time.perf_counter()
+        viewpoint = check_viewpoint(viewpoint)
+        images = await _every(self.decode(u) for u in uploads)
+        decoded = time.perf_counter()
+        embedded_all = await _every(self.batcher.submit(img) for img in images)
+        embedded = time.perf_counter()
+        vectors = np.stack([vector for (vector, _), _ in embedded_all])
+        threshold = encounter_threshold(
+            self.pipeline.manifest, species, self._searched(viewpoint), len(uploads)
+        )
+        candidates = await self._gallery(
+            self.gallery.search_encounter,
+            vectors,
+            threshold=threshold,
+            top_k=top_k,
+            species=species,
+            viewpoint=viewpoint,
+            fusion=ENCOUNTER_FUSION,
+        )
+        done = time.perf_counter()
+        waited = max(w for _, w in embedded_all)
+        timing["decode"] = (decoded - start) * 1000
+        timing["queue"] = waited * 1000
+        timing["embed"] = (embedded - decoded - waited) * 1000
+        timing["search"] = (done - embedded) * 1000
+        timing["total"] = (done - start) * 1000
+        return EncounterIdentification(
+            candidates=candidates,
+            threshold=threshold,
+            crops=[crop for (_, crop), _ in embedded_all],
+            timing_ms={k: round(v, 2) for k, v in timing.items()},
+            viewpoint=viewpoint,
         )
 
     async def register(
@@ -200,6 +275,7 @@ class Engine:
         species: str | None,
         encounter: str | None,
         metadata: dict[str, Any] | None,
+        viewpoint: str | None = None,
     ) -> Registration:
         # Every photo is decoded before any is embedded: one bad photo refuses the request
         # and nothing is stored.
@@ -220,6 +296,7 @@ class Engine:
                 vector=vector,
                 encounter=encounter,
                 box=None if crop is None else crop.box,
+                viewpoint=viewpoint,
             )
             for u, ((vector, crop), _) in zip(uploads, embedded, strict=True)
         ]
@@ -312,6 +389,16 @@ class Engine:
 
     async def delete_image(self, image_id: int) -> None:
         await self._gallery(self.gallery.delete_image, image_id)
+
+
+async def _every(steps: Iterable[Awaitable[T]]) -> list[T]:
+    """Run the steps concurrently; every outcome is collected before the first failure is
+    raised, so none is left unretrieved (one bad photo fails the whole encounter)."""
+    outcomes = await asyncio.gather(*steps, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [o for o in outcomes if not isinstance(o, BaseException)]
 
 
 def _redact(url: str) -> str:
