@@ -12,7 +12,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.batching import MicroBatcher
 from app.decode import PhotoInfo, decode_image, photo_info
+from app.encounters import ENCOUNTER_FUSION, encounter_threshold
 from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.preprocess import Crop, check_photo
@@ -40,9 +41,10 @@ from gallery.records import (
     NewImage,
     RegisteredImage,
 )
+from gallery.rules import check_viewpoint
 from gallery.shortlist import Shortlist
 
-__all__ = ["Engine", "Identification", "Registration"]
+__all__ = ["EncounterIdentification", "Engine", "Identification", "Registration"]
 
 log = logging.getLogger("whaleid.app")
 T = TypeVar("T")
@@ -67,6 +69,19 @@ class Identification:
     crop: Crop | None
     timing_ms: dict[str, float]
     reranked: bool = False
+    viewpoint: str | None = None  # the viewpoint the search was restricted to
+
+
+@dataclass(frozen=True)
+class EncounterIdentification:
+    """One answer for several photos of one encounter; each candidate's `evidence_photo` is
+    the index of the photo (in request order) that found its evidence."""
+
+    candidates: list[Candidate]
+    threshold: float
+    crops: list[Crop | None]
+    timing_ms: dict[str, float]
+    viewpoint: str | None
 
 
 @dataclass(frozen=True)
@@ -226,13 +241,20 @@ class Engine:
     # -- what routes call ---------------------------------------------------------------------
 
     async def identify(
-        self, upload: Upload, *, top_k: int, species: str | None, explain: bool = False
+        self,
+        upload: Upload,
+        *,
+        top_k: int,
+        species: str | None,
+        viewpoint: str | None = None,
+        explain: bool = False,
     ) -> Identification:
         """The top_k individuals for one photo: global kNN, then, when the bundle re-ranks,
         local matches against the shortlist fused with it. `explain`: matched keypoints in
         each candidate's evidence."""
         timing: dict[str, float] = {}
         start = time.perf_counter()
+        viewpoint = check_viewpoint(viewpoint)
         image = await self.decode(upload)
         decoded = time.perf_counter()
         embedding, waited = await self.batcher.submit(image)
@@ -242,16 +264,22 @@ class Engine:
         timing["embed"] = (embedded - decoded - waited) * 1000
         if self.reranker is not None and embedding.local is not None:
             candidates, threshold = await self._reranked(
-                embedding, top_k=top_k, species=species, explain=explain, timing=timing
+                embedding,
+                top_k=top_k,
+                species=species,
+                viewpoint=viewpoint,
+                explain=explain,
+                timing=timing,
             )
         else:
-            threshold = self.pipeline.manifest.threshold_for(species, self.gallery.size)
+            threshold = self.pipeline.manifest.threshold_for(species, self._searched(viewpoint))
             (candidates,) = await self._gallery(
                 self.gallery.search,
                 embedding.vector[None, :],
                 top_k=top_k,
                 threshold=threshold,
                 species=species,
+                viewpoint=viewpoint,
             )
             timing["search"] = (time.perf_counter() - embedded) * 1000
         timing["total"] = (time.perf_counter() - start) * 1000
@@ -261,7 +289,14 @@ class Engine:
             crop=embedding.crop,
             timing_ms={k: round(v, 2) for k, v in timing.items()},
             reranked=self.reranker is not None and embedding.local is not None,
+            viewpoint=viewpoint,
         )
+
+    def _searched(self, viewpoint: str | None) -> int:
+        """The size of the gallery a query of this viewpoint is searched in: its threshold's."""
+        if viewpoint is None:
+            return self.gallery.size
+        return self.gallery.count_compatible(viewpoint)
 
     async def _reranked(
         self,
@@ -269,6 +304,7 @@ class Engine:
         *,
         top_k: int,
         species: str | None,
+        viewpoint: str | None,
         explain: bool,
         timing: dict[str, float],
     ) -> tuple[list[Candidate], float]:
@@ -282,7 +318,10 @@ class Engine:
 
         def shortlist() -> tuple[Shortlist, LocalFeatures]:
             found = self.gallery.shortlist(
-                embedding.vector[None, :], hits=self.shortlist_size, species=species
+                embedding.vector[None, :],
+                hits=self.shortlist_size,
+                species=species,
+                viewpoint=viewpoint,
             )
             ids = found.image_ids[0]
             features, _ = self.gallery.local_features(
@@ -296,7 +335,7 @@ class Engine:
         matched = time.perf_counter()
         local = np.full(found.sims.shape, np.nan)
         local[0, : len(matches.counts)] = matches.counts
-        threshold = self.pipeline.manifest.rerank_threshold_for(self.gallery.size)
+        threshold = self.pipeline.manifest.rerank_threshold_for(self._searched(viewpoint))
         reranked = self.reranker.rerank(
             found.sims,
             found.codes,
@@ -321,6 +360,52 @@ class Engine:
         timing["rank"] = (done - matched) * 1000
         return candidates[0], threshold
 
+    async def identify_encounter(
+        self,
+        uploads: Sequence[Upload],
+        *,
+        top_k: int,
+        species: str | None,
+        viewpoint: str | None = None,
+    ) -> EncounterIdentification:
+        """One answer for several photos of one encounter: each embedded through the batcher
+        (concurrently, so they share batches), the individuals' scores fused across photos.
+        Global similarity only: re-ranking by local matches is per photo."""
+        timing: dict[str, float] = {}
+        start = time.perf_counter()
+        viewpoint = check_viewpoint(viewpoint)
+        images = await _every(self.decode(u) for u in uploads)
+        decoded = time.perf_counter()
+        embedded_all = await _every(self.batcher.submit(img) for img in images)
+        embedded = time.perf_counter()
+        vectors = np.stack([e.vector for e, _ in embedded_all])
+        threshold = encounter_threshold(
+            self.pipeline.manifest, species, self._searched(viewpoint), len(uploads)
+        )
+        candidates = await self._gallery(
+            self.gallery.search_encounter,
+            vectors,
+            threshold=threshold,
+            top_k=top_k,
+            species=species,
+            viewpoint=viewpoint,
+            fusion=ENCOUNTER_FUSION,
+        )
+        done = time.perf_counter()
+        waited = max(w for _, w in embedded_all)
+        timing["decode"] = (decoded - start) * 1000
+        timing["queue"] = waited * 1000
+        timing["embed"] = (embedded - decoded - waited) * 1000
+        timing["search"] = (done - embedded) * 1000
+        timing["total"] = (done - start) * 1000
+        return EncounterIdentification(
+            candidates=candidates,
+            threshold=threshold,
+            crops=[e.crop for e, _ in embedded_all],
+            timing_ms={k: round(v, 2) for k, v in timing.items()},
+            viewpoint=viewpoint,
+        )
+
     async def register(
         self,
         uploads: Sequence[Upload],
@@ -329,6 +414,7 @@ class Engine:
         species: str | None,
         encounter: str | None,
         metadata: dict[str, Any] | None,
+        viewpoint: str | None = None,
     ) -> Registration:
         # Every photo is decoded before any is embedded: one bad photo refuses the request
         # and nothing is stored.
@@ -350,6 +436,7 @@ class Engine:
                 encounter=encounter,
                 box=None if e.crop is None else e.crop.box,
                 local=None if e.local is None else e.local.compact(0),
+                viewpoint=viewpoint,
             )
             for u, (e, _) in zip(uploads, embedded, strict=True)
         ]
@@ -442,6 +529,16 @@ class Engine:
 
     async def delete_image(self, image_id: int) -> None:
         await self._gallery(self.gallery.delete_image, image_id)
+
+
+async def _every(steps: Iterable[Awaitable[T]]) -> list[T]:
+    """Run the steps concurrently; every outcome is collected before the first failure is
+    raised, so none is left unretrieved (one bad photo fails the whole encounter)."""
+    outcomes = await asyncio.gather(*steps, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [o for o in outcomes if not isinstance(o, BaseException)]
 
 
 def _photo_points(

@@ -66,6 +66,11 @@ class Evidence(BaseModel):
         "y_gallery], in pixels of the upright query photo and of the upright evidence photo; "
         "the review page draws them as lines",
     )
+    photo: int | None = Field(
+        None,
+        description="for an encounter (several `image` parts): the index, in request order, "
+        "of the photo most similar to this gallery image; null for one photo",
+    )
 
 
 class Prediction(BaseModel):
@@ -109,6 +114,17 @@ class IdentifyResponse(BaseModel):
         description="milliseconds spent: decode, queue (waiting for a batch), embed, search, "
         "and where re-ranked match (local matching of the shortlist) and rank; total"
     )
+    viewpoint: str | None = Field(
+        None,
+        description="the viewpoint the search used, as normalised (lower case): only gallery "
+        "photos of it or of no recorded viewpoint were compared; null when none was given "
+        "(every photo compared)",
+    )
+    crops: list[CropOut | None] | None = Field(
+        None,
+        description="for an encounter: where each photo was cropped, in request order (`crop` "
+        "is the first photo's); null for one photo",
+    )
 
 
 class RegisteredImageOut(BaseModel):
@@ -129,6 +145,7 @@ class ImageOut(BaseModel):
     id: int
     filename: str
     encounter: str | None = None
+    viewpoint: str | None = Field(None, description="the side of the animal shown; null: unknown")
     box: Quad | None = Field(
         None, description="the crop its embedding was computed on: x1, y1, x2, y2 in pixels"
     )

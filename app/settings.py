@@ -146,6 +146,9 @@ class Settings(StoreSettings):
         description="large JPEGs are decoded at reduced scale down to this longer side",
     )
     max_images: int = Field(32, ge=1, description="most photos in one POST /gallery")
+    max_encounter: int = Field(
+        10, ge=1, description="most photos of one encounter in one POST /identify"
+    )
 
     # Access.
     keys_file: Path | None = Field(

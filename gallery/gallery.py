@@ -17,6 +17,8 @@ import numpy as np
 
 from gallery import images as image_records
 from gallery import individuals as individual_records
+from gallery.encounter import Fusion
+from gallery.encounter_rank import rank_encounter
 from gallery.errors import GalleryInputError
 from gallery.images import ImportItem
 from gallery.keypoints import LocalFeatures
@@ -126,6 +128,31 @@ class Gallery:
     def kind(self) -> str:
         """The index kind in use (what `auto` resolved to at the last build)."""
         return self.replica.kind
+
+    def count_compatible(self, viewpoint: str | None = None) -> int:
+        """Photos a query of this viewpoint is compared with (the whole index for None): the
+        gallery size whose threshold applies to it."""
+        return self.replica.count_compatible(viewpoint)
+
+    def search_encounter(
+        self,
+        vectors: np.ndarray,
+        *,
+        threshold: float,
+        top_k: int = 5,
+        species: str | None = None,
+        viewpoint: str | Sequence[str | None] | None = None,
+        fusion: Fusion = "top2",
+        hits: int = 50,
+    ) -> list[Candidate]:
+        """One ranking for the (P, D) vectors of one encounter's photos: each photo searched
+        (under its viewpoint), the individuals' scores fused across photos
+        (gallery.encounter), `new_individual` at the threshold. Each candidate names the
+        photo (row of `vectors`) that found its evidence."""
+        if top_k < 1:
+            raise GalleryInputError(f"top_k ({top_k}) must be at least 1")
+        found = self.replica.shortlist(vectors, hits=hits, species=species, viewpoint=viewpoint)
+        return rank_encounter(found, threshold=threshold, top_k=top_k, fusion=fusion)
 
     def refresh(self) -> int:
         """Apply other processes' changes now; returns how many."""

@@ -1,10 +1,10 @@
 """Images: the records' functions, keyword-only, that every path goes through.
 
-A registration is checked here once (the individual's id, species, encounter and metadata by
-gallery.rules; each embedding's shape and norm; its local features' shapes), its photos are
-kept (written and fsynced before the commit that refers to them), and the store commits it in
-one transaction. The HTTP routes and `Gallery` (which then brings its index up to date) and
-`whaleid gallery import` all register through `add_images`.
+A registration is checked here once (the individual's id, species, viewpoint, encounter and
+metadata by gallery.rules; each embedding's shape and norm; its local features' shapes), its
+photos are kept (written and fsynced before the commit that refers to them), and the store
+commits it in one transaction. The HTTP routes and `Gallery` (which then brings its index up to
+date) and `whaleid gallery import` all register through `add_images`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from gallery.errors import GalleryInputError, NotFoundError, StoreUnavailableErr
 from gallery.keypoints import LocalFeatures, StoredFeatures
 from gallery.photos import PhotoStore, content_hash
 from gallery.records import ImageRecord, NewEntry, NewImage, RegisteredImage
-from gallery.rules import check_individual_id, check_label, check_metadata
+from gallery.rules import check_individual_id, check_label, check_metadata, check_viewpoint
 from gallery.store import SqlStore
 
 __all__ = [
@@ -73,6 +73,7 @@ def _entry(item: ImportItem, dim: int) -> NewEntry:
         vector=vector,
         metadata=check_metadata(item.metadata),
         local=_check_local(image.filename, image.local),
+        viewpoint=check_viewpoint(image.viewpoint),
     )
 
 

@@ -53,6 +53,7 @@ class NewImage:
     encounter: str | None = None
     box: Box | None = None
     local: StoredFeatures | None = None  # the crop's keypoints, when the bundle has a matcher
+    viewpoint: str | None = None  # the side shown ("left", "fluke"); None: unknown
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class NewEntry:
     vector: np.ndarray
     metadata: dict[str, Any] | None = None
     local: StoredFeatures | None = None  # stored beside the embedding, under its fingerprint
+    viewpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class ImageRecord:
     encounter: str | None
     box: Box | None
     created: datetime
+    viewpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class Candidate:
     evidence_similarity: float | None  # the global cosine of the evidence photo
     evidence_matches: int | None = None  # local matches with it, when re-ranked
     evidence_points: np.ndarray | None = None  # (M, 4) xq, yq, xg, yg in upright photo pixels
+    evidence_photo: int | None = None  # of an encounter: which of its photos found the evidence
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,11 @@ class Change:
 @dataclass(frozen=True)
 class EmbeddingBatch:
     """A slice of a consistent scan of the store: the change sequence the scan reflects, image
-    ids (N,) int64, vectors (N, D) float32 and each image's individual."""
+    ids (N,) int64, vectors (N, D) float32, each image's individual and viewpoint (None:
+    unknown; an empty list: none known)."""
 
     head: int
     ids: np.ndarray
     vectors: np.ndarray
     individual_ids: list[str]
+    viewpoints: list[str | None] = field(default_factory=list)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ from gallery.labels import Labels
 from gallery.locks import RWLock
 from gallery.rank import rank
 from gallery.records import Candidate, Change
+from gallery.rules import check_viewpoint
 from gallery.shortlist import Shortlist
 from gallery.snapshot import SnapshotHeader, read_snapshot, read_snapshot_header, write_snapshot
 from gallery.store import SqlStore
@@ -157,6 +159,7 @@ class IndexReplica:
         index = VectorIndex.build(self.dim, kind, batch.ids, batch.vectors, **self._index_params)
         codes = np.asarray([labels.code(i) for i in batch.individual_ids], dtype=np.int32)
         labels.assign(batch.ids, codes)
+        labels.set_viewpoints(batch.ids, batch.viewpoints)
         for name, species in self.store.species_of(individual_ids=labels.names).items():
             labels.species[labels.code(name)] = species
         with self._rw.write():
@@ -209,6 +212,7 @@ class IndexReplica:
                     rows = [row_of[p[0]] for p in pending]
                     self._index.add(ids, batch.vectors[rows])
                     labels.assign(ids, np.asarray([p[1] for p in pending], dtype=np.int32))
+                    labels.set_viewpoints(ids, [batch.viewpoints[r] for r in rows])
                     pending.clear()
 
             for change in changes:
@@ -239,11 +243,26 @@ class IndexReplica:
         """Number of embeddings in the index."""
         return self._index.size
 
+    def count_compatible(self, viewpoint: str | None = None) -> int:
+        """Photos in the index that a query of this viewpoint is compared with (all of them
+        for None): the size of gallery its threshold is read for."""
+        with self._rw.read():
+            return self._labels.count_compatible(viewpoint)
+
     def shortlist(
-        self, vectors: np.ndarray, *, hits: int = 50, species: str | None = None
+        self,
+        vectors: np.ndarray,
+        *,
+        hits: int = 50,
+        species: str | None = None,
+        viewpoint: str | Sequence[str | None] | None = None,
     ) -> Shortlist:
         """The `hits` most similar gallery photos of each query vector (species: only
-        individuals of it), with their individuals as they are now."""
+        individuals of it), with their individuals as they are now.
+
+        viewpoint: the side each query shows (one label for all, or one per query; None:
+        unknown). A query with a viewpoint is compared only with photos of that viewpoint or
+        of none recorded: another side of the animal is no evidence for or against it."""
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
@@ -253,14 +272,40 @@ class IndexReplica:
             )
         if hits < 1:
             raise GalleryInputError(f"hits ({hits}) must be at least 1")
+        per_query = _per_query(viewpoint, len(queries))
         with self._rw.read():
             allowed = self._labels.species_mask(species) if species is not None else None
-            sims, ids = self._index.search(queries, hits, allowed)
+            if all(v is None for v in per_query):
+                sims, ids = self._index.search(queries, hits, allowed)
+            else:
+                sims, ids = self._search_by_viewpoint(queries, hits, allowed, per_query)
             codes = self._labels.codes_of(ids)
             present = np.unique(codes[codes >= 0]).tolist()
             names = {c: self._labels.names[c] for c in present}
             species_of = {c: self._labels.species[c] for c in present}
         return Shortlist(sims, ids, codes, names, species_of)
+
+    def _search_by_viewpoint(
+        self,
+        queries: np.ndarray,
+        hits: int,
+        allowed: np.ndarray | None,
+        per_query: list[str | None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One masked search per distinct viewpoint among the queries (the caller holds the
+        read lock): the species mask and the compatible photos' mask, as one faiss selector."""
+        sims = np.full((len(queries), hits), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), hits), -1, dtype=np.int64)
+        for viewpoint in dict.fromkeys(per_query):
+            rows = np.asarray([v == viewpoint for v in per_query])
+            mask = allowed
+            if viewpoint is not None:
+                mask = self._labels.viewpoint_mask(viewpoint)
+                if allowed is not None:
+                    n = min(len(mask), len(allowed))
+                    mask = mask[:n] & allowed[:n]
+            sims[rows], ids[rows] = self._index.search(queries[rows], hits, mask)
+        return sims, ids
 
     def search(
         self,
@@ -270,9 +315,11 @@ class IndexReplica:
         threshold: float | np.ndarray,
         species: str | None = None,
         hits: int = 50,
+        viewpoint: str | Sequence[str | None] | None = None,
     ) -> list[list[Candidate]]:
         """Rank individuals for each query vector; `new_individual` is a candidate scored at
-        the threshold (one number, or one per query). species: only individuals of it.
+        the threshold (one number, or one per query). species: only individuals of it;
+        viewpoint: only photos of a compatible viewpoint (see `shortlist`).
 
         Each individual scores its best-matching gallery image's similarity, which is also
         the evidence returned with it. Rows have up to top_k candidates (fewer when the
@@ -280,7 +327,7 @@ class IndexReplica:
         """
         if top_k < 1:
             raise GalleryInputError(f"top_k ({top_k}) must be at least 1")
-        found = self.shortlist(vectors, hits=hits, species=species)
+        found = self.shortlist(vectors, hits=hits, species=species, viewpoint=viewpoint)
         return found.candidates(rank(found.sims, found.codes, threshold, top_k))
 
     def save_snapshot(self, path: Path | None = None) -> Path:
@@ -309,3 +356,13 @@ class IndexReplica:
             self._follower = None
         if self.snapshot_path is not None and self._snapshot_seq != self.seq:
             self.save_snapshot()
+
+
+def _per_query(viewpoint: str | Sequence[str | None] | None, n: int) -> list[str | None]:
+    """One viewpoint per query (None: unknown)."""
+    if viewpoint is None or isinstance(viewpoint, str):
+        return [check_viewpoint(viewpoint)] * n
+    given = [check_viewpoint(v) for v in viewpoint]
+    if len(given) != n:
+        raise GalleryInputError(f"{len(given)} viewpoints for {n} query vectors")
+    return given

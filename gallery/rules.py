@@ -19,18 +19,26 @@ __all__ = [
     "ID_PATTERN",
     "LABEL_MAX_LENGTH",
     "METADATA_MAX_BYTES",
+    "VIEWPOINT_MAX_LENGTH",
+    "VIEWPOINT_PATTERN",
     "check_individual_id",
     "check_label",
     "check_metadata",
+    "check_viewpoint",
 ]
 
 ID_MAX_LENGTH = 128
 # Ids travel in URLs and CSVs: letters, digits and a few separators, no spaces or slashes.
 ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{ID_MAX_LENGTH - 1}}}$"
-LABEL_MAX_LENGTH = 200  # species, viewpoint, encounter
+LABEL_MAX_LENGTH = 200  # species, encounter
 METADATA_MAX_BYTES = 10_000  # an individual's metadata, as JSON
+# A viewpoint is compared for equality between a query and every gallery photo: a short
+# lower-case token ("left", "right", "fluke"), so "Left " and "left" cannot silently differ.
+VIEWPOINT_MAX_LENGTH = 32
+VIEWPOINT_PATTERN = rf"^[a-z0-9][a-z0-9_-]{{0,{VIEWPOINT_MAX_LENGTH - 1}}}$"
 
 _ID = re.compile(ID_PATTERN)
+_VIEWPOINT = re.compile(VIEWPOINT_PATTERN)
 
 
 def check_individual_id(value: object, *, field: str = "individual_id") -> str:
@@ -49,7 +57,7 @@ def check_individual_id(value: object, *, field: str = "individual_id") -> str:
 
 
 def check_label(value: str | None, *, field: str) -> str | None:
-    """A species, viewpoint or encounter: None when empty, else at most LABEL_MAX_LENGTH
+    """A species or encounter: None when empty, else at most LABEL_MAX_LENGTH
     printable characters."""
     if value is None:
         return None
@@ -63,6 +71,25 @@ def check_label(value: str | None, *, field: str) -> str | None:
     if not value.isprintable():
         raise GalleryInputError(f"{field} {value[:40]!r} holds control characters")
     return value
+
+
+def check_viewpoint(value: object, *, field: str = "viewpoint") -> str | None:
+    """A viewpoint label, lower-cased: None when empty (unknown), else letters, digits, _ and -
+    (starting with a letter or digit), at most VIEWPOINT_MAX_LENGTH characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise GalleryInputError(f"{field} must be a string")
+    label = value.strip().lower()
+    if not label:
+        return None
+    if len(label) > VIEWPOINT_MAX_LENGTH:
+        raise GalleryInputError(f"{field} {label[:40]!r} is over {VIEWPOINT_MAX_LENGTH} characters")
+    if not _VIEWPOINT.match(label):
+        raise GalleryInputError(
+            f"{field} {label!r}: use letters, digits, _ and - (such as left, right, fluke)"
+        )
+    return label
 
 
 def check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:

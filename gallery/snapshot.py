@@ -1,10 +1,12 @@
 """A snapshot of a gallery's index, so a large gallery starts without re-reading every vector.
 
 One file: a magic line, a JSON header (the store it came from, the bundle fingerprint, the
-change sequence it reflects, the index kind and dimension), the labels, then the faiss index.
-It is trusted only when the store, fingerprint, kind and dimension match and its sequence is
-not ahead of the store's; the gallery then catches up from that sequence. Written to a
-temporary file and renamed, so a crash mid-write leaves the previous snapshot intact.
+change sequence it reflects, the index kind and dimension), the labels (individuals, species,
+viewpoints), then the faiss index. It is trusted only when the store, fingerprint, kind and
+dimension match and its sequence is not ahead of the store's; the gallery then catches up from
+that sequence. A file of an older format is ignored (the gallery rebuilds from the store and
+writes the new one). Written to a temporary file and renamed, so a crash mid-write leaves the
+previous snapshot intact.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from gallery.labels import Labels
 
 __all__ = ["SnapshotHeader", "read_snapshot", "read_snapshot_header", "write_snapshot"]
 
-MAGIC = b"WHALEID-GALLERY-SNAPSHOT 1\n"
+# 2: the labels carry each image's viewpoint.
+MAGIC = b"WHALEID-GALLERY-SNAPSHOT 2\n"
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,18 @@ def write_snapshot(path: Path, header: SnapshotHeader, index: VectorIndex, label
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # JSON and raw arrays, never pickle: a snapshot file must not be able to run code.
     head = json.dumps(asdict(header)).encode()
-    names = json.dumps({"names": labels.names, "species": labels.species}).encode()
+    names = json.dumps(
+        {"names": labels.names, "species": labels.species, "viewpoints": labels.viewpoints}
+    ).encode()
     of_image = np.ascontiguousarray(labels.of_image, dtype="<i4").tobytes()
+    viewpoint_of_image = np.ascontiguousarray(labels.viewpoint_of_image, dtype="<i2").tobytes()
     try:
         with tmp.open("wb") as fh:
             fh.write(MAGIC)
             fh.write(len(head).to_bytes(8, "little") + head)
             fh.write(len(names).to_bytes(8, "little") + names)
             fh.write(len(of_image).to_bytes(8, "little") + of_image)
+            fh.write(len(viewpoint_of_image).to_bytes(8, "little") + viewpoint_of_image)
             index.write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -83,8 +90,12 @@ def read_snapshot(
         labels = Labels()
         for name, species in zip(names["names"], names["species"], strict=True):
             labels.code(name, species)
+        for viewpoint in names["viewpoints"]:
+            labels.viewpoint_code(viewpoint)
         size = int.from_bytes(fh.read(8), "little")
         labels.of_image = np.frombuffer(fh.read(size), dtype="<i4").astype(np.int32)
+        size = int.from_bytes(fh.read(8), "little")
+        labels.viewpoint_of_image = np.frombuffer(fh.read(size), dtype="<i2").astype(np.int16)
         index = VectorIndex.read(
             fh, dim=header.dim, kind=header.kind, ef_search=ef_search, nprobe=nprobe
         )

@@ -41,7 +41,7 @@ from gallery.keypoints import LocalFeatures, StoredFeatures
 from gallery.photos import PhotoStore, content_hash, resolve_photos_dir
 from gallery.records import ImageRecord, NewImage
 from gallery.reembed import EmbedFn, Reembedded, reembed
-from gallery.rules import check_individual_id, check_label
+from gallery.rules import check_individual_id, check_label, check_viewpoint
 from gallery.store import SqlStore, open_store
 
 __all__ = ["build_parser", "run"]
@@ -161,8 +161,9 @@ def _import(args: argparse.Namespace, url: str, photos_dir: Path | None) -> int:
     # Every row obeys the records' rules before anything is embedded or stored.
     for photo in photos:
         check_individual_id(photo.individual_id, field=f"{photo.image}: individual_id")
-        for name in ("species", "viewpoint", "encounter"):
+        for name in ("species", "encounter"):
             check_label(getattr(photo, name), field=f"{photo.image}: {name}")
+        check_viewpoint(photo.viewpoint, field=f"{photo.image}: viewpoint")
     pipeline = Pipeline.from_bundle(args.bundle, providers=args.providers)
     gallery = Gallery.open(
         url, fingerprint=pipeline.fingerprint, dim=pipeline.embedding_dim, photos_dir=photos_dir
@@ -229,6 +230,7 @@ def _import_photos(
                         encounter=photo.encounter,
                         box=None if crop is None else crop.box,
                         local=features,
+                        viewpoint=photo.viewpoint,
                     ),
                 )
                 for (photo, content, _), vector, crop, features in zip(
@@ -321,7 +323,10 @@ def _show(store: SqlStore, individual_id: str) -> None:
     print(f"images     {ind.image_count}")
     for im in ind.images:
         box = "-" if im.box is None else ",".join(f"{v:g}" for v in im.box)
-        print(f"  {im.id:>8}  {im.filename}  encounter={im.encounter or '-'}  box={box}")
+        print(
+            f"  {im.id:>8}  {im.filename}  encounter={im.encounter or '-'}  "
+            f"viewpoint={im.viewpoint or '-'}  box={box}"
+        )
 
 
 def _delete(
@@ -349,6 +354,7 @@ EXPORT_COLUMNS = [
     "filename",
     "content_hash",
     "encounter",
+    "viewpoint",
     "x1",
     "y1",
     "x2",
@@ -367,9 +373,15 @@ def _export(store: SqlStore, out: IO[str]) -> None:
             detail = store.get_individual(individual_id=ind.id)
             head = [ind.id, ind.species or "", ind.created.isoformat()]
             if not detail.images:
-                writer.writerow(head + [""] * 9)
+                writer.writerow(head + [""] * (len(EXPORT_COLUMNS) - len(head)))
             for im in detail.images:
                 box = ["", "", "", ""] if im.box is None else [f"{v:g}" for v in im.box]
-                image = [im.id, im.filename, im.content_hash, im.encounter or ""]
+                image = [
+                    im.id,
+                    im.filename,
+                    im.content_hash,
+                    im.encounter or "",
+                    im.viewpoint or "",
+                ]
                 writer.writerow([*head, *image, *box, im.created.isoformat()])
         offset += page

@@ -68,6 +68,14 @@ async def register(
     metadata: Annotated[
         str | None, Form(max_length=METADATA_MAX_BYTES, description="a JSON object stored with it")
     ] = None,
+    viewpoint: Annotated[
+        str | None,
+        Form(
+            max_length=LABEL_MAX_LENGTH,
+            description="the side of the animal every photo of this request shows (e.g. left, "
+            "right, fluke; letters, digits, _ and -, case ignored); empty: unknown",
+        ),
+    ] = None,
 ) -> RegisterResponse:
     """Embed each photo and store it with the individual. Durable when it answers: a photo
     registered here ranks its individual from the next request on, also after a restart."""
@@ -80,6 +88,7 @@ async def register(
         species=species or None,
         encounter=encounter or None,
         metadata=_json_object(metadata),
+        viewpoint=viewpoint or None,
     )
     return RegisterResponse(
         individual_id=result.individual_id,

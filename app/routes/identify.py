@@ -1,4 +1,5 @@
-"""POST /identify: a photo in, the top-k individuals (with `new_individual`) out."""
+"""POST /identify: a photo (or several of one encounter) in, the top-k individuals (with
+`new_individual`) out."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
-from app.deps import EngineDep, IdentifyAccess
-from app.engine import Identification
-from app.errors import responses
+from app.deps import EngineDep, IdentifyAccess, SettingsDep
+from app.engine import EncounterIdentification, Identification
+from app.errors import ApiError, responses
 from app.preprocess import Crop
 from app.schemas import CropOut, Evidence, IdentifyResponse, Prediction
 from app.uploads import read_upload
@@ -55,6 +56,35 @@ def identify_response(result: Identification, model: str) -> IdentifyResponse:
         model=model,
         timing_ms=result.timing_ms,
         reranked=result.reranked,
+        viewpoint=result.viewpoint,
+    )
+
+
+def encounter_response(result: EncounterIdentification, model: str) -> IdentifyResponse:
+    predictions = [
+        Prediction(
+            individual_id=c.individual_id,
+            score=round(float(c.score), 6),
+            species=c.species,
+            evidence=None
+            if c.evidence_image_id is None
+            else Evidence(
+                image_id=c.evidence_image_id,
+                similarity=round(float(c.evidence_similarity or 0.0), 6),
+                photo=c.evidence_photo,
+            ),
+        )
+        for c in result.candidates
+    ]
+    crops = [crop_out(c) for c in result.crops]
+    return IdentifyResponse(
+        predictions=predictions,
+        threshold=round(float(result.threshold), 6),
+        crop=crops[0],
+        model=model,
+        timing_ms=result.timing_ms,
+        viewpoint=result.viewpoint,
+        crops=crops,
     )
 
 
@@ -67,9 +97,13 @@ def identify_response(result: Identification, model: str) -> IdentifyResponse:
 async def identify(
     _key: IdentifyAccess,
     engine: EngineDep,
+    settings: SettingsDep,
     image: Annotated[
-        UploadFile,
-        File(description="the photo: JPEG, PNG, WebP or TIFF; EXIF orientation is applied"),
+        list[UploadFile],
+        File(
+            description="the photo: JPEG, PNG, WebP or TIFF; EXIF orientation is applied. "
+            "Several `image` parts are photos of one encounter, answered together"
+        ),
     ],
     top_k: Annotated[int, Form(ge=1, le=100, description="how many predictions")] = 5,
     species: Annotated[
@@ -77,6 +111,15 @@ async def identify(
         Form(
             max_length=LABEL_MAX_LENGTH,
             description="only individuals of this species (and its threshold)",
+        ),
+    ] = None,
+    viewpoint: Annotated[
+        str | None,
+        Form(
+            max_length=LABEL_MAX_LENGTH,
+            description="the side of the animal the photos show (e.g. left, right, fluke; "
+            "letters, digits, _ and -, case ignored): only gallery photos of that viewpoint or "
+            "of none recorded are compared, and the threshold is the one for that many photos",
         ),
     ] = None,
     explain: Annotated[
@@ -88,7 +131,28 @@ async def identify(
     ] = False,
 ) -> IdentifyResponse:
     """The `top_k` most likely individuals, best first. `new_individual` is one of them, placed
-    where the bundle's tuned threshold ranks it: first when no known individual is that similar."""
-    upload = await read_upload(image)
-    result = await engine.identify(upload, top_k=top_k, species=species or None, explain=explain)
-    return identify_response(result, engine.pipeline.fingerprint)
+    where the bundle's tuned threshold ranks it: first when no known individual is that similar.
+
+    Several `image` parts are one encounter: each photo is searched, each individual's scores
+    are fused across the photos (the mean of its two best), and each prediction's evidence
+    names the photo that found it (`evidence.photo`)."""
+    if len(image) > settings.max_encounter:
+        raise ApiError(422, f"image: at most {settings.max_encounter} photos of one encounter")
+    if len(image) == 1:
+        uploads = [await read_upload(image[0])]
+    else:
+        uploads = [await read_upload(f, default=f"image-{i}") for i, f in enumerate(image)]
+    model = engine.pipeline.fingerprint
+    if len(uploads) == 1:
+        result = await engine.identify(
+            uploads[0],
+            top_k=top_k,
+            species=species or None,
+            viewpoint=viewpoint or None,
+            explain=explain,
+        )
+        return identify_response(result, model)
+    encounter = await engine.identify_encounter(
+        uploads, top_k=top_k, species=species or None, viewpoint=viewpoint or None
+    )
+    return encounter_response(encounter, model)

@@ -20,7 +20,8 @@ from gallery.store.features import FeatureTable
 __all__ = ["IMAGE_COLUMNS", "ImageTable", "image_record"]
 
 IMAGE_COLUMNS = (
-    "id, individual_id, content_hash, filename, encounter, box_x1, box_y1, box_x2, box_y2, created"
+    "id, individual_id, content_hash, filename, encounter, box_x1, box_y1, box_x2, box_y2, "
+    "created, viewpoint"
 )
 
 
@@ -37,6 +38,7 @@ def image_record(row: Sequence[Any]) -> ImageRecord:
         encounter=row[4],
         box=box,
         created=created,
+        viewpoint=row[10],
     )
 
 
@@ -95,8 +97,8 @@ class ImageTable(FeatureTable):
                     self._exec(
                         cur,
                         "INSERT INTO images (individual_id, content_hash, filename, encounter, "
-                        "box_x1, box_y1, box_x2, box_y2, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                        "box_x1, box_y1, box_x2, box_y2, created, viewpoint) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                         (
                             entry.individual_id,
                             entry.content_hash,
@@ -104,6 +106,7 @@ class ImageTable(FeatureTable):
                             entry.encounter,
                             *box,
                             self._ts(now),
+                            entry.viewpoint,
                         ),
                     ).fetchone()[0]
                 )
@@ -170,13 +173,14 @@ class ImageTable(FeatureTable):
         ids: list[int] = []
         blobs: list[bytes] = []
         owners: list[str] = []
+        viewpoints: list[str | None] = []
         with self._transaction(write=False) as cur:
             unique = list(dict.fromkeys(int(i) for i in image_ids))
             for chunk in chunks(unique, CHUNK):
                 marks = ", ".join("?" * len(chunk))
-                for image_id, blob, owner in self._exec(
+                for image_id, blob, owner, viewpoint in self._exec(
                     cur,
-                    "SELECT e.image_id, e.vector, i.individual_id FROM embeddings e "
+                    "SELECT e.image_id, e.vector, i.individual_id, i.viewpoint FROM embeddings e "
                     f"JOIN images i ON i.id = e.image_id "
                     f"WHERE e.fingerprint = ? AND e.image_id IN ({marks})",
                     [fingerprint, *chunk],
@@ -184,9 +188,10 @@ class ImageTable(FeatureTable):
                     ids.append(int(image_id))
                     blobs.append(bytes(blob))
                     owners.append(owner)
+                    viewpoints.append(viewpoint)
             head = self._head(cur)
         return EmbeddingBatch(
-            head, np.asarray(ids, dtype=np.int64), self._vectors(blobs, dim), owners
+            head, np.asarray(ids, dtype=np.int64), self._vectors(blobs, dim), owners, viewpoints
         )
 
     def scan_embeddings(
@@ -203,7 +208,7 @@ class ImageTable(FeatureTable):
             while True:
                 rows = self._exec(
                     cur,
-                    "SELECT e.image_id, e.vector, i.individual_id FROM embeddings e "
+                    "SELECT e.image_id, e.vector, i.individual_id, i.viewpoint FROM embeddings e "
                     "JOIN images i ON i.id = e.image_id "
                     "WHERE e.fingerprint = ? AND e.image_id > ? ORDER BY e.image_id LIMIT ?",
                     (fingerprint, last, batch),
@@ -211,7 +216,8 @@ class ImageTable(FeatureTable):
                 ids = np.asarray([int(r[0]) for r in rows], dtype=np.int64)
                 vectors = self._vectors([bytes(r[1]) for r in rows], dim)
                 if rows or last < 0:
-                    yield EmbeddingBatch(head, ids, vectors, [r[2] for r in rows])
+                    owners = [r[2] for r in rows]
+                    yield EmbeddingBatch(head, ids, vectors, owners, [r[3] for r in rows])
                 if len(rows) < batch:
                     return
                 last = int(ids[-1])
@@ -231,12 +237,13 @@ class ImageTable(FeatureTable):
             ids = np.empty(total, dtype=np.int64)
             vectors = np.empty((total, dim), dtype=np.float32)
             owners: list[str] = []
+            viewpoints: list[str | None] = []
             filled, last = 0, -1
             while filled < total:
                 # Pages by id (not one cursor): psycopg would otherwise fetch every row at once.
                 rows = self._exec(
                     cur,
-                    "SELECT e.image_id, e.vector, i.individual_id FROM embeddings e "
+                    "SELECT e.image_id, e.vector, i.individual_id, i.viewpoint FROM embeddings e "
                     "JOIN images i ON i.id = e.image_id "
                     "WHERE e.fingerprint = ? AND e.image_id > ? ORDER BY e.image_id LIMIT ?",
                     (fingerprint, last, min(chunk, total - filled)),
@@ -248,8 +255,9 @@ class ImageTable(FeatureTable):
                 block = b"".join([bytes(r[1]) for r in rows])
                 vectors[filled:end] = np.frombuffer(block, dtype=np.float32).reshape(-1, dim)
                 owners += [r[2] for r in rows]
+                viewpoints += [r[3] for r in rows]
                 filled, last = end, int(ids[end - 1])
-        return EmbeddingBatch(head, ids[:filled], vectors[:filled], owners)
+        return EmbeddingBatch(head, ids[:filled], vectors[:filled], owners, viewpoints)
 
     @retried
     def get_image(self, *, image_id: int) -> ImageRecord:

@@ -1,8 +1,10 @@
 """Versioned schema migrations, shared by the SQLite and PostgreSQL stores.
 
 Each migration is a list of statements with dialect placeholders ({pk}, {blob}, {ts}); a store
-applies, in one transaction, every version above the one recorded in `schema_version`. Never
-edit a released migration: add the next version.
+applies, in one transaction and in order, every version not yet recorded in `schema_version`.
+Never edit a released migration: add the next version. Versions are numbered when they are
+planned (2: local features, 3: viewpoints), so a store may record 3 before it meets 2: each
+migration stands on version 1 alone, and a missing one is applied whenever it arrives.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (image_id, fingerprint)
         )""",
     ],
+    # The side of the animal a photo shows ("left", "fluke"); NULL: unknown. Searches compare
+    # a query only with photos of a compatible viewpoint.
+    3: ["ALTER TABLE images ADD COLUMN viewpoint TEXT"],
 }
 
 DIALECTS: dict[str, dict[str, str]] = {
@@ -92,13 +97,15 @@ class Migrations(StoreCore):
         serialised, so the second process finds the work done."""
         with self._transaction(write=True) as cur:
             self._exec(cur, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            current = int(self._scalar(cur, "SELECT MAX(version) FROM schema_version") or 0)
+            rows = self._exec(cur, "SELECT version FROM schema_version").fetchall()
+            applied = {int(r[0]) for r in rows}
+            current = max(applied, default=0)
             if current > latest_version():
                 raise SchemaError(
                     f"{self.url} has gallery schema version {current}, newer than this whaleid "
                     f"knows ({latest_version()}): upgrade whaleid"
                 )
-            for version in range(current + 1, latest_version() + 1):
+            for version in sorted(set(MIGRATIONS) - applied):
                 for statement in render(version, self.dialect):
                     self._exec(cur, statement)
                 self._exec(cur, "INSERT INTO schema_version (version) VALUES (?)", (version,))
