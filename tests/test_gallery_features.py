@@ -5,6 +5,7 @@ through rename and merge, switched over by a re-embed, which fills them resumabl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from fixtures.gallery import photo_bytes, unit_vectors
 from gallery.errors import GalleryInputError
 from gallery.gallery import Gallery, NewImage
 from gallery.keypoints import StoredFeatures
-from gallery.records import ImageRecord, NewEntry
+from gallery.records import ImageRecord
 from gallery.reembed import Reembedded, reembed
 from gallery.store import migrations, open_store
 
@@ -247,8 +248,26 @@ def test_a_version_1_gallery_gains_the_table_and_keeps_its_images(
         m.setattr(migrations, "MIGRATIONS", {1: migrations.MIGRATIONS[1]})
         store = open_store(store_url)
         assert store.info().schema_version == 1
-        entry = NewEntry("A", None, "hash-1", "p1.jpg", None, None, unit_vectors(1, DIM)[0])
-        store.add_images(entries=[entry], fingerprint=OLD)
+        # Rows as that whaleid wrote them (today's add_images writes later columns too).
+        vector = unit_vectors(1, DIM)[0].astype("<f4").tobytes()
+        now = datetime.now(UTC)
+        with store._transaction(write=True) as cur:
+            store._exec(
+                cur,
+                "INSERT INTO individuals (id, species, created) VALUES (?, ?, ?)",
+                ("A", None, store._ts(now)),
+            )
+            image_id = store._scalar(
+                cur,
+                "INSERT INTO images (individual_id, content_hash, filename, created) "
+                "VALUES (?, ?, ?, ?) RETURNING id",
+                ("A", "hash-1", "p1.jpg", store._ts(now)),
+            )
+            store._exec(
+                cur,
+                "INSERT INTO embeddings (image_id, fingerprint, vector) VALUES (?, ?, ?)",
+                (image_id, OLD, vector),
+            )
         store.close()
     store = open_store(store_url)
     try:
