@@ -7,6 +7,8 @@ Two splits, both by seed, both saved in the run (splits.json):
   what POST /gallery + /identify face, and where the new_individual threshold is tuned.
 - k folds over the remaining individuals' photos, stratified by individual (each individual's
   photos spread over the folds, as StratifiedKFold does): one fold is the closed-set validation.
+Both are by individual, never by class: with classes by individual and viewpoint
+(data.class_by), an animal's two sides are always held out, or trained on, together.
 """
 
 from __future__ import annotations
