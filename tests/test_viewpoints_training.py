@@ -228,17 +228,19 @@ def test_both_sides_of_an_animal_stay_on_one_side_of_the_split() -> None:
     assert held and trained and not trained & held
 
 
-@pytest.mark.parametrize("class_by", ["individual", "individual_viewpoint"])
-def test_a_two_sided_run_trains_and_evaluates(tmp_path: Path, class_by: str) -> None:
-    """End to end on a tiny two-sided catalogue, flips swapping sides: the classes class_by
-    asks for, and the masked evaluation."""
+@pytest.mark.parametrize(
+    ("sides", "class_by"), [(2, "individual"), (2, "individual_viewpoint"), (1, "auto")]
+)
+def test_a_two_sided_run_trains_and_evaluates(tmp_path: Path, sides: int, class_by: str) -> None:
+    """End to end on a tiny catalogue, flips swapping sides: the classes class_by asks for,
+    and the masked evaluation; a one-sided catalogue trains and evaluates as before."""
     from training.config import load_config
     from training.loop import train
     from training.runs import Run
     from training.synth import make_catalogue
 
     make_catalogue(tmp_path / "cat", individuals=12, photos=4, species=1, seed=3,
-                   image_size=(128, 96), sides=2)  # fmt: skip
+                   image_size=(128, 96), sides=sides)  # fmt: skip
     overrides = [
         f"data.catalogue={tmp_path / 'cat'}", f"out={tmp_path}", "data.image_size=32",
         "optim.epochs=1", "optim.batch_size=8", f"data.class_by={class_by}",
@@ -247,6 +249,10 @@ def test_a_two_sided_run_trains_and_evaluates(tmp_path: Path, class_by: str) -> 
     run = Run(train(load_config(REPO / "configs" / "tiny.yaml", overrides), tmp_path / "run"))
     trained = [p for p in run.photos if p.image in set(run.splits.train)]
     individuals = {p.individual_id for p in trained}
+    if sides == 1:
+        assert run.labels.viewpoints is None and run.labels.classes == len(individuals)
+        assert run.open_set_split().allowed is None
+        return
     if class_by == "individual":
         assert run.labels.viewpoints is None and run.labels.classes == len(individuals)
     else:
