@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 
 from training.config import AugmentConfig
 
-__all__ = ["augment", "grid_shuffle"]
+__all__ = ["augment", "augment_flipped", "grid_shuffle"]
 
 
 def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
@@ -65,6 +65,15 @@ def grid_shuffle(pixels: np.ndarray, grid: int, rng: np.random.Generator) -> np.
 
 def augment(img: Image.Image, cfg: AugmentConfig, rng: np.random.Generator) -> Image.Image:
     """One random augmentation of a resized RGB crop; the size stays the same."""
+    return augment_flipped(img, cfg, rng)[0]
+
+
+def augment_flipped(
+    img: Image.Image, cfg: AugmentConfig, rng: np.random.Generator, *, may_flip: bool = True
+) -> tuple[Image.Image, bool]:
+    """augment, and whether the crop was flipped horizontally (never when not `may_flip`: a
+    photo whose flip would fake another viewpoint). The flip is drawn either way, so the other
+    draws stay the same whatever `may_flip` is."""
     width, height = img.size
     if rng.random() < cfg.resized_crop.p:
         img = _resized_crop(img, cfg.resized_crop.scale, cfg.resized_crop.ratio, rng)
@@ -81,7 +90,8 @@ def augment(img: Image.Image, cfg: AugmentConfig, rng: np.random.Generator) -> I
             shear=[_uniform(rng, -a.shear, a.shear), _uniform(rng, -a.shear, a.shear)],
             interpolation=TF.InterpolationMode.BILINEAR,
         )
-    if rng.random() < cfg.hflip_p:
+    flipped = rng.random() < cfg.hflip_p and may_flip
+    if flipped:
         img = TF.horizontal_flip(img)
     if rng.random() < cfg.color.p:
         c = cfg.color
@@ -101,4 +111,4 @@ def augment(img: Image.Image, cfg: AugmentConfig, rng: np.random.Generator) -> I
         if shuffled:
             pixels = grid_shuffle(pixels, cfg.grid_shuffle.grid, rng)
         img = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
-    return img
+    return img, flipped

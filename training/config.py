@@ -117,6 +117,11 @@ class DataConfig(_Strict):
         0.3, ge=0.0, le=1.0, description="share of those kept out of the gallery (truth: new)"
     )
     min_photos: int = Field(1, ge=1, description="individuals with fewer photos are not trained")
+    class_by: Literal["auto", "individual", "individual_viewpoint"] = Field(
+        "auto",
+        description="ArcFace classes: one per individual, or one per individual and viewpoint "
+        "(each side its own centre); auto: individual_viewpoint when any photo has a viewpoint",
+    )
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> DataConfig:
@@ -172,6 +177,14 @@ class AugmentConfig(_Strict):
     # A fin seen from the left is another pattern than the same fin from the right, so a
     # flipped photo is, for the model, a different individual: off unless a species is symmetric.
     hflip_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of a horizontal flip")
+    # With viewpoints a flip would turn a left side into a right side no camera saw, so then
+    # only photos whose viewpoint this maps are flipped, and they take the mapped side's class.
+    flip_swaps_viewpoint: dict[str, str] = Field(
+        default_factory=dict,
+        description="with viewpoints: what a flipped photo's viewpoint becomes (e.g. {left: "
+        "right, right: left}, {front: front}); photos of unmapped or unknown viewpoints are "
+        "never flipped, and none is when empty",
+    )
 
 
 class OptimConfig(_Strict):

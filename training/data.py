@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from app.preprocess import EmbedTransform
-from training.augment import augment
+from training.augment import augment_flipped
 from training.catalogue import Photo, read_photo
 from training.config import AugmentConfig
 
@@ -23,7 +23,8 @@ __all__ = ["GlobalBatchSampler", "PhotoDataset"]
 
 
 class PhotoDataset(Dataset[tuple[torch.Tensor, int, int]]):
-    """(image tensor, class code, species code) per photo; augmented when `augment` is set."""
+    """(image tensor, class code, species code) per photo; augmented when `augment` is set.
+    A flipped photo takes its flip label (`flip_labels`, default: its own class)."""
 
     def __init__(
         self,
@@ -34,10 +35,13 @@ class PhotoDataset(Dataset[tuple[torch.Tensor, int, int]]):
         *,
         padding: float,
         augment: AugmentConfig | None = None,
+        flip_labels: Sequence[int | None] | None = None,
         seed: int = 0,
     ) -> None:
         self.photos = list(photos)
         self.labels = list(labels)
+        # The class of each photo once flipped, None: never flip it (training.viewpoints).
+        self.flip_labels = list(flip_labels) if flip_labels is not None else list(labels)
         self.species = list(species)
         self.transform = transform
         self.padding = padding
@@ -53,11 +57,15 @@ class PhotoDataset(Dataset[tuple[torch.Tensor, int, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         img = self.transform.resize(read_photo(self.photos[index], self.padding))
+        label = self.labels[index]
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            img = augment(img, self.augment, rng)
+            mirrored = self.flip_labels[index]
+            img, flipped = augment_flipped(img, self.augment, rng, may_flip=mirrored is not None)
+            if flipped and mirrored is not None:
+                label = mirrored
         pixels = torch.from_numpy(self.transform.normalize(img))
-        return pixels, self.labels[index], self.species[index]
+        return pixels, label, self.species[index]
 
 
 class GlobalBatchSampler(Sampler[list[int]]):

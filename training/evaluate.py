@@ -71,11 +71,21 @@ def embed_eval_set(
 
 
 def knn_hits(
-    gallery: np.ndarray, gallery_labels: np.ndarray, queries: np.ndarray, k: int
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inner-product kNN (cosine on normalised vectors): (Q, k) similarities and labels,
-    label -1 where the gallery has fewer than k vectors."""
+    label -1 where the gallery has fewer than k vectors.
+
+    `allowed` ((Q, G) bool, from gallery.viewpoints) restricts each query to the gallery
+    photos it may be compared with: the others' similarities are masked out before ranking,
+    and a query with fewer than k allowed photos gets label -1 and -inf in the rest."""
     k = max(1, min(k, len(gallery)))
+    if allowed is not None:
+        return _masked_hits(gallery, gallery_labels, queries, k, allowed)
     index = faiss.IndexFlatIP(gallery.shape[1])
     index.add(np.ascontiguousarray(gallery, dtype=np.float32))
     sims, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
@@ -83,20 +93,58 @@ def knn_hits(
     return sims.astype(np.float32), labels.astype(np.int64)
 
 
+_ROWS = 1024  # queries per block of the masked search: bounds its (rows, G) memory
+
+
+def _masked_hits(
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    allowed: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """knn_hits with a mask: exact similarities, disallowed ones set to -inf, top k."""
+    if allowed.shape != (len(queries), len(gallery)):
+        raise ValueError(f"allowed is {allowed.shape}, not (queries, gallery)")
+    gallery = np.asarray(gallery, dtype=np.float32)
+    sims = np.empty((len(queries), k), dtype=np.float32)
+    idx = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), _ROWS):
+        block = np.asarray(queries[start : start + _ROWS], dtype=np.float32) @ gallery.T
+        block[~allowed[start : start + _ROWS]] = -np.inf
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        sims[start : start + _ROWS] = np.take_along_axis(block, top, axis=1)
+        idx[start : start + _ROWS] = top
+    labels = np.where(np.isfinite(sims), gallery_labels[idx], -1)
+    return sims, labels.astype(np.int64)
+
+
 def sweep_grid(sims: np.ndarray, step: float) -> np.ndarray:
     """A fine uniform grid over [-0.2, 1] plus the quantiles of the queries' best scores,
     so a model whose similarities crowd into a narrow band is still swept finely."""
     uniform = np.arange(-0.2, 1.0 + step / 2, step)
     best = sims[:, 0] if sims.size else np.zeros(0)
+    best = best[np.isfinite(best)]  # a query with no compatible gallery photo has no best
     quantiles = np.quantile(best, np.linspace(0, 1, 201)) if best.size else np.zeros(0)
     return np.unique(np.round(np.concatenate([uniform, quantiles]), 6)).astype(np.float32)
 
 
+def _hits(embedded: EmbeddedSet, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    eval_set = embedded.eval_set
+    return knn_hits(
+        embedded.gallery,
+        eval_set.gallery_labels,
+        embedded.queries,
+        cfg.neighbours,
+        eval_set.allowed,
+    )
+
+
 def sweep(embedded: EmbeddedSet, cfg: EvalConfig) -> SweepResult:
     """MAP@5 (all, known, new) at every threshold of the grid."""
-    sims, labels = knn_hits(
-        embedded.gallery, embedded.eval_set.gallery_labels, embedded.queries, cfg.neighbours
-    )
+    sims, labels = _hits(embedded, cfg)
     grid = sweep_grid(sims, cfg.threshold_step)
     return sweep_thresholds(sims, labels, embedded.eval_set.query_truth, grid)
 
@@ -115,11 +163,18 @@ def threshold_curve(
     Thresholds are made non-decreasing with size (never stricter for a smaller gallery)."""
     truth = embedded.eval_set.query_truth
     labels = embedded.eval_set.gallery_labels
+    allowed = embedded.eval_set.allowed
 
     def hits(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return knn_hits(embedded.gallery[keep], labels[keep], embedded.queries, cfg.neighbours)
+        return knn_hits(
+            embedded.gallery[keep],
+            labels[keep],
+            embedded.queries,
+            cfg.neighbours,
+            None if allowed is None else allowed[:, keep],
+        )
 
-    return curve_by_size(labels, truth, result, hits, cfg.curve_draws, seed=seed)
+    return curve_by_size(labels, truth, result, hits, cfg.curve_draws, seed=seed, allowed=allowed)
 
 
 def curve_by_size(
@@ -130,12 +185,19 @@ def curve_by_size(
     draws: int,
     *,
     seed: int = 0,
+    allowed: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
     """`threshold_curve` for any scores: `hits(keep)` answers the queries' (Q, k) scores and
     individual codes against the gallery photos where `keep` (G,) is True, e.g. a global kNN
     or a re-ranked shortlist; `result` is the sweep over the whole gallery, its thresholds
-    the grid."""
-    full = [{"images": float(len(labels)), "threshold": result.best_threshold}]
+    the grid. `allowed` (Q, G): the photos each query may be compared with (viewpoints), so
+    that sizes are the compatible photos a query is compared with."""
+    full = [
+        {
+            "images": _compared(allowed, np.ones(len(labels), bool)),
+            "threshold": result.best_threshold,
+        }
+    ]
     queried = np.unique(truth[truth != NEW])
     others = np.setdiff1d(np.unique(labels), queried)
     if draws == 0 or others.size == 0 or queried.size == 0:
@@ -145,12 +207,12 @@ def curve_by_size(
     points = []
     for count in counts:
         total = np.zeros(len(result.thresholds))
-        images = 0
+        images = 0.0
         for _ in range(draws):
             keep = np.isin(labels, queried) | np.isin(labels, rng.choice(others, count, False))
             sims, hit_labels = hits(keep)
             total += sweep_thresholds(sims, hit_labels, truth, result.thresholds).map_all
-            images += int(keep.sum())
+            images += _compared(allowed, keep)
         best = float(result.thresholds[int(np.argmax(total))])
         points.append({"images": images / draws, "threshold": best})
     points += full
@@ -165,11 +227,17 @@ def curve_by_size(
     return curve
 
 
+def _compared(allowed: np.ndarray | None, keep: np.ndarray) -> float:
+    """The gallery size a query is compared with, as the service looks its threshold up: the
+    kept photos, or with viewpoints the compatible ones among them (mean over queries)."""
+    if allowed is None:
+        return float(keep.sum())
+    return float(allowed[:, keep].sum(axis=1).mean())
+
+
 def score_at(embedded: EmbeddedSet, threshold: float, cfg: EvalConfig) -> dict[str, float | None]:
     """MAP@5 (all, known, new) at one given threshold, e.g. one tuned elsewhere."""
-    sims, labels = knn_hits(
-        embedded.gallery, embedded.eval_set.gallery_labels, embedded.queries, cfg.neighbours
-    )
+    sims, labels = _hits(embedded, cfg)
     result = sweep_thresholds(sims, labels, embedded.eval_set.query_truth, [threshold])
     return _finite({**result.at(threshold), "threshold": float(threshold)})
 

@@ -46,6 +46,7 @@ from training.model import EmbeddingModel, build_model
 from training.plots import plot_curves, plot_sweep
 from training.runs import Labels, Run
 from training.splits import EvalSet, make_splits
+from training.viewpoints import by_viewpoint, flip_classes
 
 __all__ = ["Trainee", "default_run_dir", "train"]
 
@@ -90,7 +91,9 @@ def _prepare(cfg: TrainConfig, run_dir: Path) -> None:
     (run_dir / runs.CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     runs.save_photos(catalogue.photos, run_dir / runs.PHOTOS)
     splits.save(run_dir / runs.SPLITS)
-    Labels.fit([by_name[n] for n in splits.train]).save(run_dir / runs.LABELS)
+    train_photos = [by_name[n] for n in splits.train]
+    labels = Labels.fit(train_photos, by_viewpoint=by_viewpoint(cfg.data, catalogue.photos))
+    labels.save(run_dir / runs.LABELS)
 
 
 def _param_groups(trainee: Trainee, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -211,19 +214,18 @@ def _session(cfg: TrainConfig, run: Run, dist: Dist, device: torch.device) -> _S
     labels = run.labels
     by_name = {p.image: p for p in run.photos}
     train_photos: list[Photo] = [by_name[n] for n in run.splits.train]
-    code = labels.code()
     species_code = {s: i for i, s in enumerate(labels.species)}
-    class_ids = [code[p.individual_id] for p in train_photos]
+    class_ids = labels.codes(train_photos)
 
     _seed_everything(cfg.seed)
     model = build_model(cfg.model)
     transform = model.transform((cfg.data.image_size, cfg.data.image_size))
     if dist.is_main:
         (run.path / runs.TRANSFORM).write_text(transform.model_dump_json(indent=1) + "\n")
-    counts = torch.bincount(torch.tensor(class_ids), minlength=len(labels.individuals))
+    counts = torch.bincount(torch.tensor(class_ids), minlength=labels.classes)
     head = MarginHead(
         model.embedding_size,
-        len(labels.individuals),
+        labels.classes,
         cfg.head,
         class_counts=counts,
         num_species=len(labels.species) if cfg.head.species_weight > 0 else 0,
@@ -241,6 +243,7 @@ def _session(cfg: TrainConfig, run: Run, dist: Dist, device: torch.device) -> _S
         transform,
         padding=cfg.data.box_padding,
         augment=cfg.augment,
+        flip_labels=flip_classes(train_photos, labels, cfg.augment),
         seed=cfg.seed,
     )
     sampler = GlobalBatchSampler(

@@ -46,11 +46,15 @@ SWEEP_PNG = "sweep.png"
 
 @dataclass(frozen=True)
 class Labels:
-    """The label encoder: class code i is individuals[i], of species species[species_of[i]]."""
+    """The label encoder: class code i is individuals[i], of species species[species_of[i]],
+    seen from viewpoints[i] when classes are by individual and viewpoint (data.class_by):
+    then an individual has one class per side ("" for its photos of unknown viewpoint) and
+    appears once per class in `individuals`. viewpoints is None for classes by individual."""
 
     individuals: list[str]
     species: list[str]
     species_of: list[int]
+    viewpoints: list[str] | None = None
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -60,14 +64,34 @@ class Labels:
         return cls(**json.loads(Path(path).read_text()))
 
     @classmethod
-    def fit(cls, photos: list[Photo]) -> Labels:
-        individuals = sorted({p.individual_id for p in photos})
+    def fit(cls, photos: list[Photo], *, by_viewpoint: bool = False) -> Labels:
+        keys = sorted({_key(p, by_viewpoint) for p in photos})
         species = sorted({p.species for p in photos})
         first = {p.individual_id: p.species for p in reversed(photos)}
-        return cls(individuals, species, [species.index(first[i]) for i in individuals])
+        return cls(
+            [name for name, _ in keys],
+            species,
+            [species.index(first[name]) for name, _ in keys],
+            [side for _, side in keys] if by_viewpoint else None,
+        )
 
-    def code(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.individuals)}
+    @property
+    def classes(self) -> int:
+        return len(self.individuals)
+
+    def code(self) -> dict[tuple[str, str], int]:
+        """(individual, viewpoint) → class; the viewpoint is "" for classes by individual."""
+        sides = self.viewpoints or [""] * self.classes
+        return {key: i for i, key in enumerate(zip(self.individuals, sides, strict=True))}
+
+    def codes(self, photos: list[Photo]) -> list[int]:
+        """The class of each photo (KeyError for a photo of a class not fitted)."""
+        code = self.code()
+        return [code[_key(p, self.viewpoints is not None)] for p in photos]
+
+
+def _key(photo: Photo, by_viewpoint: bool) -> tuple[str, str]:
+    return photo.individual_id, (photo.viewpoint or "") if by_viewpoint else ""
 
 
 def save_photos(photos: list[Photo], path: Path) -> None:

@@ -7,6 +7,8 @@ Two splits, both by seed, both saved in the run (splits.json):
   what POST /gallery + /identify face, and where the new_individual threshold is tuned.
 - k folds over the remaining individuals' photos, stratified by individual (each individual's
   photos spread over the folds, as StratifiedKFold does): one fold is the closed-set validation.
+Both are by individual, never by class: with classes by individual and viewpoint
+(data.class_by), an animal's two sides are always held out, or trained on, together.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gallery.rank import NEW
+from gallery.viewpoints import compatible_mask
 from training.catalogue import Photo
 from training.config import DataConfig
 
@@ -73,6 +76,9 @@ class EvalSet:
     gallery_labels: np.ndarray  # (G,) int64
     query_truth: np.ndarray  # (Q,) int64, NEW where the individual is not in the gallery
     individuals: list[str]
+    # (Q, G) bool, the gallery photos each query may be compared with (gallery.viewpoints);
+    # None: every photo, as for a catalogue without viewpoints.
+    allowed: np.ndarray | None = None
 
     @property
     def n_new(self) -> int:
@@ -142,13 +148,24 @@ def make_splits(photos: Sequence[Photo], cfg: DataConfig, seed: int) -> Splits:
 
 
 def build_eval_set(gallery: Sequence[Photo], queries: Sequence[Photo]) -> EvalSet:
-    """Truth for each query: its individual's code where the gallery has it, else NEW."""
+    """Truth for each query: its individual's code where the gallery has it, else NEW.
+
+    With viewpoints, a query is compared only with compatible gallery photos (the service's
+    rule), so an individual the gallery shows only from the other side is new to that query:
+    nothing the search may look at is evidence of it."""
     individuals = sorted({p.individual_id for p in gallery})
     code = {name: i for i, name in enumerate(individuals)}
+    labels = np.array([code[p.individual_id] for p in gallery], dtype=np.int64)
+    truth = np.array([code.get(p.individual_id, NEW) for p in queries], dtype=np.int64)
+    allowed = compatible_mask([p.viewpoint for p in queries], [p.viewpoint for p in gallery])
+    if allowed is not None:
+        seen = (labels[None, :] == truth[:, None]) & allowed
+        truth = np.where(seen.any(axis=1), truth, NEW)
     return EvalSet(
         gallery=list(gallery),
         queries=list(queries),
-        gallery_labels=np.array([code[p.individual_id] for p in gallery], dtype=np.int64),
-        query_truth=np.array([code.get(p.individual_id, NEW) for p in queries], dtype=np.int64),
+        gallery_labels=labels,
+        query_truth=truth,
         individuals=individuals,
+        allowed=allowed,
     )
