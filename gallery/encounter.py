@@ -11,7 +11,9 @@ Fusion rules (`FUSIONS`):
 - `top2`: the mean of its two best photos (one blurred or off-angle photo cannot veto, one
   lucky impostor match cannot decide).
 A photo whose hits do not include an individual contributes that photo's lowest hit similarity
-for it: the individual is no closer than that, so this is the most it can have scored.
+for it: the individual is no closer than that, so this is the most it can have scored. A photo
+that could not have found the individual at all (`visible`: it shows a side of which the
+gallery holds no photo of that individual) abstains: the other photos decide.
 """
 
 from __future__ import annotations
@@ -42,8 +44,16 @@ class FusedHits:
     column: np.ndarray
 
 
-def fuse(sims: np.ndarray, labels: np.ndarray, how: Fusion = "top2") -> FusedHits:
-    """Fuse the hits of P photos, sims and labels (P, K) (labels < 0: no hit), into one row."""
+def fuse(
+    sims: np.ndarray,
+    labels: np.ndarray,
+    how: Fusion = "top2",
+    visible: np.ndarray | None = None,
+) -> FusedHits:
+    """Fuse the hits of P photos, sims and labels (P, K) (labels < 0: no hit), into one row.
+
+    visible: optional (P, C) bool indexed by label: photo p was compared with at least one
+    gallery photo of individual c (a viewpoint filter hides the others). None: all were."""
     sims = np.asarray(sims, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     if sims.shape != labels.shape or sims.ndim != 2 or sims.shape[0] < 1:
@@ -72,6 +82,11 @@ def fuse(sims: np.ndarray, labels: np.ndarray, how: Fusion = "top2") -> FusedHit
                 best_col[p, m] = k
     evidence_photo = np.where(best_col >= 0, per, -np.inf).argmax(axis=0)
     evidence_col = best_col[evidence_photo, np.arange(individuals.size)]
+    if visible is not None:
+        # A photo abstains where it could not have seen the individual (one that found it
+        # always could).
+        seen = np.asarray(visible, dtype=bool)[:, individuals] | (best_col >= 0)
+        per = np.where(seen, per, np.nan)
     fused = _combine(per, how)
     return FusedHits(
         sims=fused[None, :].astype(np.float32),
@@ -82,9 +97,11 @@ def fuse(sims: np.ndarray, labels: np.ndarray, how: Fusion = "top2") -> FusedHit
 
 
 def _combine(per: np.ndarray, how: Fusion) -> np.ndarray:
+    """Fuse (P, M) per-photo scores; NaN: the photo abstains (at least one photo never does)."""
     if how == "max":
-        return per.max(axis=0)
+        return np.nanmax(per, axis=0)
     if how == "mean":
-        return per.mean(axis=0)
-    top = np.sort(per, axis=0)[::-1][: min(2, per.shape[0])]
-    return top.mean(axis=0)
+        return np.nanmean(per, axis=0)
+    # Sorting the negation is descending with NaN still last: the two best real scores lead.
+    top = -np.sort(-per, axis=0)[: min(2, per.shape[0])]
+    return np.nanmean(top, axis=0)

@@ -4,10 +4,14 @@ The photos of one encounter are searched together (`IndexReplica.shortlist`, one
 per photo, each under its own viewpoint); `gallery.encounter.fuse` turns the rows into one
 score per individual, and `gallery.rank.rank` places `new_individual` among them as it does for
 one photo. A candidate's evidence is the gallery photo that gave the individual its best
-similarity to any of the encounter's photos, and `evidence_photo` says which of them.
+similarity to any of the encounter's photos, and `evidence_photo` says which of them. A photo
+that could not have found an individual (no gallery photo of it on that photo's side) abstains
+from that individual's score instead of counting as a miss.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from gallery.encounter import Fusion, fuse
 from gallery.rank import EMPTY, NEW, NEW_INDIVIDUAL, rank
@@ -18,10 +22,17 @@ __all__ = ["rank_encounter"]
 
 
 def rank_encounter(
-    found: Shortlist, *, threshold: float, top_k: int = 5, fusion: Fusion = "top2"
+    found: Shortlist,
+    *,
+    threshold: float,
+    top_k: int = 5,
+    fusion: Fusion = "top2",
+    visible: np.ndarray | None = None,
 ) -> list[Candidate]:
-    """The encounter's top_k candidates, `new_individual` among them at `threshold`."""
-    fused = fuse(found.sims, found.codes, fusion)
+    """The encounter's top_k candidates, `new_individual` among them at `threshold`.
+    visible: (P, individuals) which individuals each photo could have found
+    (`IndexReplica.encounter_shortlist`); the others' photos abstain."""
+    fused = fuse(found.sims, found.codes, fusion, visible)
     ranking = rank(fused.sims, fused.labels, threshold, top_k)
     candidates: list[Candidate] = []
     for code, score, column in zip(

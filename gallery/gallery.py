@@ -147,12 +147,17 @@ class Gallery:
     ) -> list[Candidate]:
         """One ranking for the (P, D) vectors of one encounter's photos: each photo searched
         (under its viewpoint), the individuals' scores fused across photos
-        (gallery.encounter), `new_individual` at the threshold. Each candidate names the
-        photo (row of `vectors`) that found its evidence."""
+        (gallery.encounter; a photo abstains for individuals it could not have found), and
+        `new_individual` at the threshold. Each candidate names the photo (row of `vectors`)
+        that found its evidence."""
         if top_k < 1:
             raise GalleryInputError(f"top_k ({top_k}) must be at least 1")
-        found = self.replica.shortlist(vectors, hits=hits, species=species, viewpoint=viewpoint)
-        return rank_encounter(found, threshold=threshold, top_k=top_k, fusion=fusion)
+        found, visible = self.replica.encounter_shortlist(
+            vectors, hits=hits, species=species, viewpoint=viewpoint
+        )
+        return rank_encounter(
+            found, threshold=threshold, top_k=top_k, fusion=fusion, visible=visible
+        )
 
     def refresh(self) -> int:
         """Apply other processes' changes now; returns how many."""

@@ -110,6 +110,16 @@ class Labels:
             self._viewpoint_masks[viewpoint] = mask
         return mask
 
+    def visible(self, viewpoint: str | None) -> np.ndarray:
+        """(individuals,) bool by code: the individual has an indexed photo that a query of
+        this viewpoint is compared with."""
+        seen = np.zeros(len(self.names), dtype=bool)
+        present = self.of_image >= 0
+        if viewpoint is not None:
+            present &= self.viewpoint_mask(viewpoint)[: len(present)]
+        seen[self.of_image[present]] = True
+        return seen
+
     def count_compatible(self, viewpoint: str | None) -> int:
         """Indexed photos a query of this viewpoint is compared with."""
         present = self.of_image >= 0

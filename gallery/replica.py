@@ -263,6 +263,31 @@ class IndexReplica:
         viewpoint: the side each query shows (one label for all, or one per query; None:
         unknown). A query with a viewpoint is compared only with photos of that viewpoint or
         of none recorded: another side of the animal is no evidence for or against it."""
+        found, _ = self._shortlist(vectors, hits, species, viewpoint, visibility=False)
+        return found
+
+    def encounter_shortlist(
+        self,
+        vectors: np.ndarray,
+        *,
+        hits: int = 50,
+        species: str | None = None,
+        viewpoint: str | Sequence[str | None] | None = None,
+    ) -> tuple[Shortlist, np.ndarray | None]:
+        """`shortlist`, and which individuals each query could have found, from the same
+        state of the index: (Q, individuals) bool by code, None without viewpoints (all).
+        An encounter's photo that could not see an individual abstains from its score."""
+        return self._shortlist(vectors, hits, species, viewpoint, visibility=True)
+
+    def _shortlist(
+        self,
+        vectors: np.ndarray,
+        hits: int,
+        species: str | None,
+        viewpoint: str | Sequence[str | None] | None,
+        *,
+        visibility: bool,
+    ) -> tuple[Shortlist, np.ndarray | None]:
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
@@ -273,17 +298,21 @@ class IndexReplica:
         if hits < 1:
             raise GalleryInputError(f"hits ({hits}) must be at least 1")
         per_query = _per_query(viewpoint, len(queries))
+        visible = None
         with self._rw.read():
             allowed = self._labels.species_mask(species) if species is not None else None
             if all(v is None for v in per_query):
                 sims, ids = self._index.search(queries, hits, allowed)
             else:
                 sims, ids = self._search_by_viewpoint(queries, hits, allowed, per_query)
+                if visibility:
+                    seen = {v: self._labels.visible(v) for v in dict.fromkeys(per_query)}
+                    visible = np.stack([seen[v] for v in per_query])
             codes = self._labels.codes_of(ids)
             present = np.unique(codes[codes >= 0]).tolist()
             names = {c: self._labels.names[c] for c in present}
             species_of = {c: self._labels.species[c] for c in present}
-        return Shortlist(sims, ids, codes, names, species_of)
+        return Shortlist(sims, ids, codes, names, species_of), visible
 
     def _search_by_viewpoint(
         self,

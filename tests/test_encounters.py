@@ -13,6 +13,8 @@ from fixtures.gallery import photo_bytes, unit_vectors
 from fixtures.service import GALLERY_INDIVIDUALS, Server, catalogue_photos, next_frame
 from PIL import Image
 
+from gallery.encounter import FUSIONS, FusedHits, fuse
+from gallery.encounter_rank import rank_encounter
 from gallery.gallery import Gallery
 from gallery.images import ImportItem
 from gallery.rank import NEW_INDIVIDUAL
@@ -64,6 +66,58 @@ def test_three_photos_rank_the_animal_first_where_one_alone_does_not(tmp_path: P
         assert [(c.individual_id, c.score, c.evidence_image_id) for c in as_encounter] == [
             (c.individual_id, c.score, c.evidence_image_id) for c in single
         ]
+
+
+def test_a_photo_that_cannot_see_an_individual_abstains(tmp_path: Path) -> None:
+    """X is registered from its left side only; Y from both. An encounter of X's left and
+    right sides: the right photo is compared with no photo of X, so it says nothing about X
+    (it does not count as X's worst match)."""
+    with Gallery.open(f"sqlite:///{tmp_path / 'g.db'}", fingerprint="fp", dim=DIM) as gallery:
+        others = unit_vectors(6, DIM, seed=5)
+        others[:, :5] = 0
+        others /= np.linalg.norm(others, axis=1, keepdims=True)
+        entries = [
+            ("X", unit((0, 1.0)), "left"),
+            ("Y", unit((1, 1.0)), "left"),
+            ("Y", unit((2, 1.0)), "right"),
+            *((f"other-{k}", v, ("right", None)[k % 2]) for k, v in enumerate(others)),
+        ]
+        gallery.import_images(
+            ImportItem(name, None, NewImage(photo_bytes(f"{i}"), f"{i}.jpg", v, viewpoint=side))
+            for i, (name, v, side) in enumerate(entries)
+        )
+        photos = np.stack(
+            [unit((0, 0.85), (1, 0.45), (3, 0.27)), unit((2, 0.6), (0, 0.7), (4, 0.39))]
+        )
+        sides = ["left", "right"]
+        together = gallery.search_encounter(photos, threshold=0.7, viewpoint=sides)
+        assert together[0].individual_id == "X" and together[0].evidence_photo == 0
+        assert together[0].score == pytest.approx(float(photos[0] @ unit((0, 1.0))), abs=1e-5)
+        scores = {c.individual_id: c.score for c in together}
+        assert scores["Y"] == pytest.approx((0.45 + 0.6) / 2, abs=0.01)
+        # Counted as a miss instead, the right photo would have sunk X below the threshold.
+        found, visible = gallery.replica.encounter_shortlist(photos, viewpoint=sides)
+        assert visible is not None and visible.shape[0] == 2
+        missed = rank_encounter(found, threshold=0.7)
+        assert missed[0].individual_id != "X"
+        # Without viewpoints every photo sees everyone: nothing to abstain from.
+        assert gallery.replica.encounter_shortlist(photos)[1] is None
+
+
+def _scores(hits: FusedHits) -> dict[int, float]:
+    return dict(zip(hits.labels[0].tolist(), hits.sims[0].tolist(), strict=True))
+
+
+def test_fuse_leaves_out_the_photos_that_abstain() -> None:
+    sims = np.array([[0.9, 0.5], [0.4, 0.3]], dtype=np.float32)
+    labels = np.array([[0, 1], [1, 2]])
+    visible = np.array([[True, True, True], [False, True, True]])
+    for how in FUSIONS:
+        seen = _scores(fuse(sims, labels, how, visible))
+        plain = _scores(fuse(sims, labels, how))
+        assert seen[0] == pytest.approx(0.9)  # photo 1 could not see individual 0
+        assert seen[1] == plain[1] and seen[2] == plain[2]  # the others are as before
+        assert how == "max" or plain[0] < seen[0]  # as a miss, photo 1 pulled it down
 
 
 # -- over HTTP ---------------------------------------------------------------------------------
