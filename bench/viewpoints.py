@@ -14,6 +14,7 @@ shows only from the other side has truth new_individual. Two test galleries:
 
     whaleid synth --out CAT --individuals 160 --photos 6 --sides 2
     python -m bench.viewpoints --catalogue CAT              # see bench/RESULTS.md
+    python -m bench.viewpoints --catalogue CAT --quick      # smoke run: 1 seed, 1 epoch, 32 px
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="a training config override (repeatable)",
     )  # fmt: skip
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="one seed, 1 epoch at 32 px: a smoke run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        args.overrides = ["optim.epochs=1", "data.image_size=32", *args.overrides]
+    return args
 
 
 def split(
