@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gallery.viewpoints import UNKNOWN, compatible_codes
+
 __all__ = ["Labels"]
 
 
@@ -102,11 +104,11 @@ class Labels:
         if mask is None:
             known = self._viewpoint_codes.get(viewpoint)
             size = max(len(self.of_image), len(self.viewpoint_of_image))
-            codes = np.full(size, -1, dtype=np.int16)
+            codes = np.full(size, UNKNOWN, dtype=np.int16)
             codes[: len(self.viewpoint_of_image)] = self.viewpoint_of_image
-            mask = codes == -1
-            if known is not None:
-                mask |= codes == known
+            # A label no photo has yet matches only the photos of unknown viewpoint.
+            query = np.int16(len(self.viewpoints) if known is None else known)
+            mask = compatible_codes(query, codes)
             self._viewpoint_masks[viewpoint] = mask
         return mask
 

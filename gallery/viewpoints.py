@@ -13,12 +13,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["any_viewpoint", "compatible", "compatible_mask"]
+__all__ = ["UNKNOWN", "any_viewpoint", "compatible", "compatible_codes", "compatible_mask"]
+
+UNKNOWN = -1  # the code of an unknown viewpoint, where labels are coded as integers
 
 
 def compatible(query: str | None, gallery: str | None) -> bool:
     """Same label, or unknown on either side."""
     return query is None or gallery is None or query == gallery
+
+
+def compatible_codes(query: np.ndarray | np.integer, gallery: np.ndarray) -> np.ndarray:
+    """`compatible` over integer codes (UNKNOWN for no label), broadcast: the same rule for
+    arrays, as the index's masks and the evaluation's (Q, G) mask need it."""
+    query, gallery = np.asarray(query), np.asarray(gallery)
+    return (query == gallery) | (query == UNKNOWN) | (gallery == UNKNOWN)
 
 
 def any_viewpoint(viewpoints: Sequence[str | None]) -> bool:
@@ -35,7 +44,6 @@ def compatible_mask(
         return None
     labels = sorted({v for v in [*queries, *gallery] if v is not None})
     code = {v: i for i, v in enumerate(labels)}
-    # -1: unknown. Codes compare equal for the same label; unknown matches everything.
-    q = np.array([code[v] if v is not None else -1 for v in queries], dtype=np.int64)
-    g = np.array([code[v] if v is not None else -1 for v in gallery], dtype=np.int64)
-    return (q[:, None] == g[None, :]) | (q[:, None] < 0) | (g[None, :] < 0)
+    q = np.array([code[v] if v is not None else UNKNOWN for v in queries], dtype=np.int64)
+    g = np.array([code[v] if v is not None else UNKNOWN for v in gallery], dtype=np.int64)
+    return compatible_codes(q[:, None], g[None, :])
