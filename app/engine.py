@@ -97,7 +97,9 @@ class Engine:
         self.gallery = gallery
         self.metrics = metrics
         self.ready = False
-        self.batcher: MicroBatcher[Image.Image, Embedding] = MicroBatcher(
+        # Items: a photo and whether its crop's keypoints are wanted (extraction costs more
+        # than the embedders: only for re-ranking and for storing with a registration).
+        self.batcher: MicroBatcher[tuple[Image.Image, bool], Embedding] = MicroBatcher(
             self._embed_batch,
             max_batch=settings.max_batch,
             max_wait=settings.max_wait_ms / 1000.0,
@@ -164,8 +166,8 @@ class Engine:
             # First runs allocate arenas and pick kernels (seconds on a GPU): pay that now,
             # before /readyz says yes, not on the first user's request.
             photo = Image.new("RGB", _WARMUP_SIZE, (90, 110, 130))
-            (first,) = engine._embed_batch([photo])
-            engine._embed_batch([photo] * min(settings.max_batch, 4))
+            (first,) = engine._embed_batch([(photo, engine.reranker is not None)])
+            engine._embed_batch([(photo, False)] * min(settings.max_batch, 4))
             if engine.reranker is not None and first.local is not None:
                 engine.reranker.matcher.match_many([(first.local, first.local)])
         metrics.track_gallery(lambda: float(engine.gallery.size))
@@ -204,12 +206,16 @@ class Engine:
 
     # -- the steps ----------------------------------------------------------------------------
 
-    def _embed_batch(self, images: list[Image.Image]) -> list[Embedding]:
-        embedded = self.pipeline.embed(images)
+    def _embed_batch(self, items: list[tuple[Image.Image, bool]]) -> list[Embedding]:
+        images = [image for image, _ in items]
+        wanted = [want for _, want in items]
+        embedded = self.pipeline.embed(images, local=any(wanted))
         local = embedded.local
         return [
-            Embedding(vector, crop, None if local is None else local.take([i]))
-            for i, (vector, crop) in enumerate(zip(embedded.vectors, embedded.crops, strict=True))
+            Embedding(vector, crop, None if local is None or not want else local.take([i]))
+            for i, (vector, crop, want) in enumerate(
+                zip(embedded.vectors, embedded.crops, wanted, strict=True)
+            )
         ]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
@@ -257,7 +263,7 @@ class Engine:
         viewpoint = check_viewpoint(viewpoint)
         image = await self.decode(upload)
         decoded = time.perf_counter()
-        embedding, waited = await self.batcher.submit(image)
+        embedding, waited = await self.batcher.submit((image, self.reranker is not None))
         embedded = time.perf_counter()
         timing["decode"] = (decoded - start) * 1000
         timing["queue"] = waited * 1000
@@ -376,7 +382,7 @@ class Engine:
         viewpoint = check_viewpoint(viewpoint)
         images = await _every(self.decode(u) for u in uploads)
         decoded = time.perf_counter()
-        embedded_all = await _every(self.batcher.submit(img) for img in images)
+        embedded_all = await _every(self.batcher.submit((img, False)) for img in images)
         embedded = time.perf_counter()
         vectors = np.stack([e.vector for e, _ in embedded_all])
         threshold = encounter_threshold(
@@ -416,11 +422,14 @@ class Engine:
         metadata: dict[str, Any] | None,
         viewpoint: str | None = None,
     ) -> Registration:
+        # A bundle with a matcher stores every registered crop's keypoints, re-ranking on or
+        # off here: the gallery serves whichever setting the next start has.
+        keypoints = self.pipeline.has_matcher
         # Every photo is decoded before any is embedded: one bad photo refuses the request
         # and nothing is stored.
         images = [await self.decode(u) for u in uploads]
         outcomes = await asyncio.gather(
-            *(self.batcher.submit(img) for img in images), return_exceptions=True
+            *(self.batcher.submit((img, keypoints)) for img in images), return_exceptions=True
         )
         # Every photo's outcome is collected before the first failure is raised, so none is
         # left unretrieved; one failure stores nothing.
