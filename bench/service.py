@@ -284,6 +284,8 @@ class Raw:
         self.gallery = gallery
         self.index = faiss.IndexFlatIP(gallery.vectors.shape[1])
         self.index.add(gallery.vectors)
+        # The threshold the service reads for a gallery of this size (the bundle's curve).
+        self.threshold = self.manifest.threshold_for(None, len(gallery.vectors))
 
     def box(self, img: Any) -> tuple[float, float, float, float] | None:
         spec = self.manifest.detector
@@ -317,7 +319,7 @@ class Raw:
         img = decode_image(photo.content, name=photo.image)  # the service's decoding
         vector = self.embed(crop_box(img, self.box(img), self.manifest.box_padding))
         sims, ids = self.index.search(vector, min(HITS, self.index.ntotal))
-        ranked = rank(sims, self.gallery.labels[ids], self.manifest.threshold, TOP_K)
+        ranked = rank(sims, self.gallery.labels[ids], self.threshold, TOP_K)
         return self.gallery.name(int(ranked.codes[0, 0]))
 
 
@@ -442,6 +444,8 @@ class SeedStyle:
         vectors = np.concatenate([self.embed(crops[i : i + 32]) for i in range(0, len(crops), 32)])
         self.index = faiss.IndexFlatIP(vectors.shape[1])
         self.index.add(vectors)
+        # The threshold the service reads for a gallery of this size (the bundle's curve).
+        self.threshold = manifest.threshold_for(None, len(vectors))
 
     @staticmethod
     def _detector(
@@ -503,7 +507,7 @@ class SeedStyle:
         vector = self.embed([img if box is None else img.crop(box)])
         sims, ids = self.index.search(vector, min(HITS, self.index.ntotal))
         labels = self.gallery.labels
-        (answer,) = self.seed_ranking(sims, ids, labels, self.manifest.threshold)
+        (answer,) = self.seed_ranking(sims, ids, labels, self.threshold)
         return self.gallery.name(answer[0])
 
 
