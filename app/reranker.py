@@ -25,8 +25,8 @@ from app.manifest import Manifest
 from app.matcher_spec import LocalMethod, MatcherSpec, RerankSpec
 from gallery.keypoints import LocalFeatures
 from gallery.local_match import verified_pairs
-from gallery.rank import Ranking
-from gallery.rerank import Fusion, fuse, rerank
+from gallery.rank import Ranking, rank
+from gallery.rerank import Fusion, fuse
 
 __all__ = [
     "LightGlueLocal",
@@ -200,6 +200,7 @@ class Reranker:
         """
         sims = np.asarray(sims, dtype=np.float32)
         scores, matches = local or self.local_scores(queries, candidates, sims.shape[1])
-        ranking = rerank(sims, scores, labels, self.fusion, threshold, top_k)
+        # gallery.rerank.rerank is fuse + rank; fused once here, since the caller keeps it too.
         fused = fuse(sims, scores, self.fusion)
+        ranking = rank(fused, labels, threshold, top_k)
         return Reranked(ranking=ranking, fused=fused, local=scores, matches=matches)
