@@ -13,6 +13,7 @@ from app.errors import ApiError, responses
 from app.preprocess import Crop
 from app.schemas import CropOut, Evidence, IdentifyResponse, Prediction
 from app.uploads import read_upload
+from gallery.records import Candidate
 from gallery.rules import LABEL_MAX_LENGTH
 
 __all__ = ["crop_out", "router"]
@@ -27,30 +28,35 @@ def crop_out(crop: Crop | None) -> CropOut | None:
     return CropOut(box=(x1, y1, x2, y2), confidence=round(float(crop.confidence), 4))
 
 
-def identify_response(result: Identification, model: str) -> IdentifyResponse:
-    predictions = [
-        Prediction(
-            individual_id=c.individual_id,
-            score=round(float(c.score), 6),
-            species=c.species,
-            evidence=None
-            if c.evidence_image_id is None
-            else Evidence(
-                image_id=c.evidence_image_id,
-                similarity=round(float(c.evidence_similarity or 0.0), 6),
-                match_count=c.evidence_matches,
-                matches=None
-                if c.evidence_points is None
-                else [
-                    (round(float(a), 1), round(float(b), 1), round(float(x), 1), round(float(y), 1))
-                    for a, b, x, y in c.evidence_points
-                ],
-            ),
+def prediction_out(c: Candidate) -> Prediction:
+    """One ranked candidate as the API answers it; evidence fields only where they exist
+    (local matches where re-ranked, the finding photo for encounters)."""
+    evidence = None
+    if c.evidence_image_id is not None:
+        points = c.evidence_points
+        evidence = Evidence(
+            image_id=c.evidence_image_id,
+            similarity=round(float(c.evidence_similarity or 0.0), 6),
+            match_count=c.evidence_matches,
+            matches=None
+            if points is None
+            else [
+                (round(float(a), 1), round(float(b), 1), round(float(x), 1), round(float(y), 1))
+                for a, b, x, y in points
+            ],
+            photo=c.evidence_photo,
         )
-        for c in result.candidates
-    ]
+    return Prediction(
+        individual_id=c.individual_id,
+        score=round(float(c.score), 6),
+        species=c.species,
+        evidence=evidence,
+    )
+
+
+def identify_response(result: Identification, model: str) -> IdentifyResponse:
     return IdentifyResponse(
-        predictions=predictions,
+        predictions=[prediction_out(c) for c in result.candidates],
         threshold=round(float(result.threshold), 6),
         crop=crop_out(result.crop),
         model=model,
@@ -61,24 +67,9 @@ def identify_response(result: Identification, model: str) -> IdentifyResponse:
 
 
 def encounter_response(result: EncounterIdentification, model: str) -> IdentifyResponse:
-    predictions = [
-        Prediction(
-            individual_id=c.individual_id,
-            score=round(float(c.score), 6),
-            species=c.species,
-            evidence=None
-            if c.evidence_image_id is None
-            else Evidence(
-                image_id=c.evidence_image_id,
-                similarity=round(float(c.evidence_similarity or 0.0), 6),
-                photo=c.evidence_photo,
-            ),
-        )
-        for c in result.candidates
-    ]
     crops = [crop_out(c) for c in result.crops]
     return IdentifyResponse(
-        predictions=predictions,
+        predictions=[prediction_out(c) for c in result.candidates],
         threshold=round(float(result.threshold), 6),
         crop=crops[0],
         model=model,
