@@ -30,16 +30,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 NEW = "new_individual"
 
 
-@pytest.fixture(scope="module")
-def rerank_service(
-    rerank_bundle: Path, catalogue: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    server = start_server(rerank_bundle, tmp_path_factory.mktemp("rerank-service"))
+def serving(bundle: Path, catalogue: Path, workdir: Path, **env: str) -> Iterator[Server]:
+    """A server on `bundle` whose gallery holds the session's catalogue individuals."""
+    server = start_server(bundle, workdir, **env)
     try:
         register_catalogue(server, catalogue)
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def rerank_service(
+    rerank_bundle: Path, catalogue: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    yield from serving(rerank_bundle, catalogue, tmp_path_factory.mktemp("rerank-service"))
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +52,14 @@ def rerank_off_service(
     rerank_bundle: Path, catalogue: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("rerank-off")
-    server = start_server(rerank_bundle, workdir, WHALEID_RERANK_SHORTLIST="0")
-    try:
-        register_catalogue(server, catalogue)
-        yield server
-    finally:
-        server.stop()
+    yield from serving(rerank_bundle, catalogue, workdir, WHALEID_RERANK_SHORTLIST="0")
 
 
 @pytest.fixture(scope="module")
 def plain_service(
     plain_rerank_twin: Path, catalogue: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    server = start_server(plain_rerank_twin, tmp_path_factory.mktemp("plain-service"))
-    try:
-        register_catalogue(server, catalogue)
-        yield server
-    finally:
-        server.stop()
+    yield from serving(plain_rerank_twin, catalogue, tmp_path_factory.mktemp("plain-service"))
 
 
 def queries(catalogue: Path, count: int = 6) -> list[Path]:
