@@ -49,6 +49,7 @@ from gallery.metrics import sweep_thresholds  # noqa: E402
 from gallery.rank import NEW  # noqa: E402
 from training.evaluate import EmbeddedSet, knn_hits, sweep  # noqa: E402
 from training.rerank_fit import (  # noqa: E402
+    FUSION_CHOICES,
     OpenSetPhotos,
     PairScores,
     RerankFit,
@@ -57,7 +58,7 @@ from training.rerank_fit import (  # noqa: E402
     search,
     top1_known,
 )
-from training.splits import build_eval_set  # noqa: E402
+from training.splits import EvalSet, build_eval_set  # noqa: E402
 
 DOGFACENET = REPO.parent / "shared" / "data" / "dogfacenet"
 TINY = REPO / "configs" / "tiny.yaml"
@@ -92,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="lightglue,mutual_nn",
         help="local methods timed per query (LightGlue's fit costs ~30x the numpy one's on a "
         "CPU: it can be timed without being fitted)",
+    )
+    p.add_argument(
+        "--fusion", choices=FUSION_CHOICES, default="auto", help="fusion fitted (export's choice)"
     )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sets, 1 epoch")
     args = p.parse_args(argv)
@@ -208,14 +212,53 @@ def train_and_export(args: argparse.Namespace, train_catalogue: Path, out: Path)
     return bundle
 
 
-def test_photos(pipeline: Pipeline, val: OpenSetPhotos, run_dir: Path, sp: Split) -> OpenSetPhotos:
+_FEATURE_FIELDS = ("keypoints", "scores", "descriptors", "mask", "frames")
+
+
+def cached_open_set(pipeline: Pipeline, eval_set: EvalSet, path: Path) -> OpenSetPhotos:
+    """embed_open_set, kept in `path` (.npz): a rerun with another matcher or fusion skips
+    the keypoints of every photo, which cost most of a run."""
+    if path.is_file():
+        data = np.load(path)
+        if data["gallery"].shape[0] == len(eval_set.gallery) and data["queries"].shape[0] == len(
+            eval_set.queries
+        ):
+            features = [
+                LocalFeatures(**{f: data[f"{side}_{f}"] for f in _FEATURE_FIELDS})
+                for side in ("gallery", "queries")
+            ]
+            embedded = EmbeddedSet(eval_set, data["gallery"], data["queries"])
+            return OpenSetPhotos(embedded, features[0], features[1])
+    photos = embed_open_set(pipeline, eval_set, local=True)
+    assert photos.gallery_local is not None and photos.query_local is not None
+    arrays = {"gallery": photos.embedded.gallery, "queries": photos.embedded.queries}
+    for side, features in (("gallery", photos.gallery_local), ("queries", photos.query_local)):
+        arrays |= {f"{side}_{f}": getattr(features, f) for f in _FEATURE_FIELDS}
+    np.savez(path, **arrays)
+    return photos
+
+
+def cached_pairs(matcher: LocalMatcher, photos: OpenSetPhotos, path: Path) -> PairScores:
+    """PairScores for these photos, starting from the local scores kept in `path` (.npy)."""
+    assert photos.query_local is not None and photos.gallery_local is not None
+    pairs = PairScores(matcher, photos.query_local, photos.gallery_local)
+    if path.is_file():
+        known = np.load(path)
+        if known.shape == pairs.known.shape:
+            pairs.known = known
+    return pairs
+
+
+def test_photos(
+    pipeline: Pipeline, val: OpenSetPhotos, run_dir: Path, sp: Split, cache: Path
+) -> OpenSetPhotos:
     """The test set embedded as the validation was: its gallery is the validation's training
     photos (already embedded) and the known test individuals' photos."""
     from training.runs import Run
 
     trained = len(Run(run_dir).splits.train)
     train_photos = val.embedded.eval_set.gallery[:trained]
-    own = embed_open_set(pipeline, build_eval_set(sp.test_gallery, sp.test_queries), local=True)
+    own = cached_open_set(pipeline, build_eval_set(sp.test_gallery, sp.test_queries), cache)
     eval_set = build_eval_set(train_photos + sp.test_gallery, sp.test_queries)
     assert val.gallery_local is not None and own.gallery_local is not None
     gallery = np.concatenate([val.embedded.gallery[:trained], own.embedded.gallery])
@@ -244,7 +287,7 @@ def local_only(sims: np.ndarray, local: np.ndarray) -> np.ndarray:
 def measure(
     args: argparse.Namespace,
     method: str,
-    matcher: LocalMatcher,
+    pairs: PairScores,
     fit: RerankFit,
     val: OpenSetPhotos,
     test: OpenSetPhotos,
@@ -258,13 +301,13 @@ def measure(
     labels_g = ts.eval_set.gallery_labels
     sims, index = search(ts.gallery, ts.queries, max(args.shortlist, 50))
     labels = np.where(index >= 0, labels_g[index.clip(0)], -1)
-    local = PairScores(matcher, test.query_local, test.gallery_local).scores(index, args.shortlist)
+    local = pairs.scores(index, args.shortlist)
 
     v_only = local_only(v_sims, v_local)
     grid = np.unique(np.r_[np.quantile(v_only[:, 0], np.linspace(0, 1, 201)), v_only.max() + 1])
     tuned = sweep_thresholds(v_only, v_labels, v_truth, grid).best_threshold
     rows = {f"local only, {method}": at(local_only(sims, local), labels, truth, tuned)}
-    reranker = Reranker(matcher, fit.spec.fusion)
+    reranker = Reranker(pairs.reranker.matcher, fit.spec.fusion)
     fused = reranker.rerank(
         sims, labels, test.query_local, [], fit.spec.threshold, local=(local, [])
     )
@@ -334,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     assert manifest.matcher is not None
     run = Run(out / "run")
     cfg = run.config.eval
-    val = embed_open_set(pipeline, run.open_set_split(), local=True)
-    test = test_photos(pipeline, val, out / "run", sp)
+    cache = out / f"cache-{bundle.name}"
+    cache.mkdir(exist_ok=True)
+    val = cached_open_set(pipeline, run.open_set_split(), cache / "validation.npz")
+    test = test_photos(pipeline, val, out / "run", sp, cache / "test.npz")
 
     ts = test.embedded
     truth = ts.eval_set.query_truth
@@ -351,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     fits = {}
     for method in args.matchers:
+        pairs = cached_pairs(matchers[method], val, cache / f"pairs-validation-{method}.npy")
         fit = fit_rerank(
             val,
             matchers[method],
@@ -358,9 +404,14 @@ def main(argv: list[str] | None = None) -> int:
             method=method,  # type: ignore[arg-type]
             shortlist=args.shortlist,
             ransac_px=0.02 * args.side,
+            fusion=args.fusion,
+            pairs=pairs,
         )
+        np.save(cache / f"pairs-validation-{method}.npy", pairs.known)
         validation[method] = fit.figures
-        rows |= measure(args, method, matchers[method], fit, val, test)
+        test_pairs = cached_pairs(matchers[method], test, cache / f"pairs-test-{method}.npy")
+        rows |= measure(args, method, test_pairs, fit, val, test)
+        np.save(cache / f"pairs-test-{method}.npy", test_pairs.known)
         fits[method] = fit
     # Timing matches only: a method that was not fitted borrows a fusion it never reads.
     any_fusion = next(iter(fits.values())).spec.fusion

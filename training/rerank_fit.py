@@ -177,6 +177,7 @@ def fit_rerank(
     fusion: str = "auto",
     ransac_px: float = 8.0,
     seed: int = 0,
+    pairs: PairScores | None = None,
 ) -> RerankFit:
     """Fit the fusion of global cosines and `matcher`'s local scores on the validation's
     shortlists, tune the new_individual threshold and its curve on the fused probability.
@@ -184,6 +185,8 @@ def fit_rerank(
     `fusion` "auto" fits both methods and keeps the one with the higher validation MAP@5. The
     figures hold both: fused (map5, map5_known, map5_new, top1_known, threshold) and, on the
     same embeddings, global only (global_*), and each fusion's MAP@5 (fusion_<method>_map5).
+    `pairs`: local scores already known for these photos with this matcher (a benchmark's
+    cache); by default every pair is matched here.
     """
     if fusion not in FUSION_CHOICES:
         raise ValueError(f"fusion {fusion!r}: choose among {', '.join(FUSION_CHOICES)}")
@@ -192,7 +195,7 @@ def fit_rerank(
     embedded = photos.embedded
     labels_g = embedded.eval_set.gallery_labels
     truth = embedded.eval_set.query_truth
-    pairs = PairScores(matcher, photos.query_local, photos.gallery_local)
+    pairs = pairs or PairScores(matcher, photos.query_local, photos.gallery_local)
     width = max(shortlist, cfg.neighbours)
 
     def shortlisted(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
