@@ -15,6 +15,9 @@ threshold best on the validation half for that k and fusion (what an encounter c
 bundle would give). The fusion is chosen on validation; test queries only score.
 
     nice python -m bench.encounters --bundle BUNDLE --catalogue CAT [--json out.json]
+    # a real catalogue the bundle was partly trained on: drop its training individuals
+    nice python -m bench.encounters --bundle B --catalogue ../shared/data/dogfacenet \
+        --exclude RUN/train-catalogue --individuals 500
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ if __name__ == "__main__":
 from app.decode import open_image
 from app.pipeline import Pipeline
 from gallery.batches import chunks
-from gallery.catalogue import read_catalogue
+from gallery.catalogue import Photo, read_catalogue
 from gallery.encounter import FUSIONS, Fusion, fuse
 from gallery.metrics import sweep_thresholds
 from gallery.rank import NEW, rank
@@ -134,6 +137,19 @@ def _one_seed(
     return results
 
 
+def _unseen(root: Path, exclude: list[Path], individuals: int) -> list[Photo]:
+    """The catalogue's photos of individuals no `exclude` catalogue holds; with `individuals`,
+    a subset of that many drawn with a fixed seed (the same subset on every run)."""
+    trained = {p.individual_id for folder in exclude for p in read_catalogue(folder).photos}
+    photos = [p for p in read_catalogue(root).photos if p.individual_id not in trained]
+    if individuals:
+        names = sorted({p.individual_id for p in photos})
+        rng = np.random.default_rng(0)
+        keep = set(rng.choice(names, min(individuals, len(names)), replace=False).tolist())
+        photos = [p for p in photos if p.individual_id in keep]
+    return photos
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
@@ -142,13 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds")
+    parser.add_argument(
+        "--exclude",
+        type=Path,
+        action="append",
+        default=[],
+        help="a catalogue whose individuals the bundle was trained on: left out (repeatable)",
+    )
+    parser.add_argument(
+        "--individuals", type=int, default=0, help="a seeded subset of this many (0: all)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    catalogue = read_catalogue(args.catalogue)
-    names = sorted({p.individual_id for p in catalogue.photos})
-    owner = np.asarray([names.index(p.individual_id) for p in catalogue.photos])
+    photos = _unseen(args.catalogue, args.exclude, args.individuals)
+    names = sorted({p.individual_id for p in photos})
+    code = {name: i for i, name in enumerate(names)}
+    owner = np.asarray([code[p.individual_id] for p in photos])
     pipeline = Pipeline.from_bundle(args.bundle)
-    vectors = _embed(pipeline, [p.path for p in catalogue.photos])
+    vectors = _embed(pipeline, [p.path for p in photos])
     results = [
         r for seed in args.seeds for r in _one_seed(pipeline, vectors, owner, args.sizes, seed)
     ]

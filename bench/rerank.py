@@ -299,7 +299,7 @@ def measure(
     ts = test.embedded
     truth = ts.eval_set.query_truth
     labels_g = ts.eval_set.gallery_labels
-    sims, index = search(ts.gallery, ts.queries, max(args.shortlist, 50))
+    sims, index = search(ts.gallery, ts.queries, args.shortlist)
     labels = np.where(index >= 0, labels_g[index.clip(0)], -1)
     local = pairs.scores(index, args.shortlist)
 

@@ -196,7 +196,10 @@ def fit_rerank(
     labels_g = embedded.eval_set.gallery_labels
     truth = embedded.eval_set.query_truth
     pairs = pairs or PairScores(matcher, photos.query_local, photos.gallery_local)
-    width = max(shortlist, cfg.neighbours)
+    # Serving ranks the B shortlisted photos and nothing else (Engine._reranked): so does the
+    # fit. A longer list would rank unmatched photos at their global probability alone, above
+    # matched ones whose few matches pull the fused probability down.
+    width = shortlist
 
     def shortlisted(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.flatnonzero(keep)
