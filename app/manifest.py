@@ -26,6 +26,7 @@ __all__ = [
     "BundleError",
     "DetectorSpec",
     "EmbedderSpec",
+    "EncounterOffset",
     "Manifest",
     "MatcherSpec",
     "RerankSpec",
@@ -71,6 +72,17 @@ class EmbedderSpec(BaseModel):
 ThresholdPoint = CurvePoint
 
 
+class EncounterOffset(BaseModel):
+    """The threshold for encounters of `photos` photos, as an offset from the single-photo one
+    tuned on the same open-set validation (training.evaluate.encounter_offsets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    photos: int = Field(ge=2, description="photos per encounter it was tuned on")
+    offset: float = Field(description="tuned encounter threshold minus the single-photo one")
+    encounters: int = Field(ge=1, description="validation encounters it was tuned on")
+
+
 class Manifest(BaseModel):
     """Everything serving needs to know about a bundle."""
 
@@ -96,6 +108,13 @@ class Manifest(BaseModel):
         "threshold; `threshold` holds at the validation gallery's size and beyond",
     )
     species_thresholds: dict[str, float] = Field(default_factory=dict)
+    encounter_offsets: list[EncounterOffset] = Field(
+        default_factory=list,
+        description="added to the global threshold (for the species or gallery size) when "
+        "several photos of one encounter are answered together, whose fused scores need "
+        "their own threshold; an encounter takes the largest size tuned at or below its own "
+        "(app.encounters); none: the single-photo threshold",
+    )
     species: list[str] = Field(default_factory=list)
     cv_metrics: dict[str, float] = Field(
         default_factory=dict,
@@ -133,6 +152,9 @@ class Manifest(BaseModel):
             sizes = [p.images for p in curve]
             if any(b <= a for a, b in pairwise(sizes)):
                 raise ValueError(f"threshold_curve sizes must increase: {sizes}")
+        sizes = [o.photos for o in self.encounter_offsets]
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"encounter_offsets: one offset per size, got sizes {sizes}")
         if self.rerank is not None and self.matcher is None:
             raise ValueError("rerank needs a matcher")
         return self

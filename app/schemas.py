@@ -100,8 +100,9 @@ class IdentifyResponse(BaseModel):
     )
     threshold: float = Field(
         description="score under which new_individual ranks first: the bundle's, tuned "
-        "for the species where it has one, else for a gallery of the current size (a fused "
-        "probability where the answer was re-ranked)"
+        "for the species where it has one, else for a gallery of the current size, plus its "
+        "offset for an encounter of that many photos (a fused probability where the answer "
+        "was re-ranked)"
     )
     reranked: bool = Field(
         False, description="true when local matches re-ranked the global shortlist"

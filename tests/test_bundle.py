@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
@@ -22,7 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 torch = pytest.importorskip("torch")
 
 
-def test_the_bundle_holds_what_the_manifest_says(exported_bundle: ExportedBundle) -> None:
+def test_the_bundle_holds_what_the_manifest_says(
+    exported_bundle: ExportedBundle, tiny_run: Path
+) -> None:
+    from training.runs import Run
+
     bundle, report = exported_bundle.path, exported_bundle.report
     manifest = Manifest.read(bundle)
     assert manifest == report.manifest
@@ -44,6 +49,15 @@ def test_the_bundle_holds_what_the_manifest_says(exported_bundle: ExportedBundle
     assert curve[-1].threshold == pytest.approx(manifest.threshold)
     assert all(a.threshold <= b.threshold for a, b in pairwise(curve))
     print(f"\nthreshold by gallery photos: {[(p.images, round(p.threshold, 3)) for p in curve]}")
+    # ... and so are its offsets for encounters, each on every encounter the validation's
+    # query photos make (40 held-out individuals, 4 or 5 queries each).
+    queries = Counter(p.individual_id for p in Run(tiny_run).open_set_split().queries)
+    offsets = manifest.encounter_offsets
+    assert [o.photos for o in offsets] == [2, 3]
+    for o in offsets:
+        assert o.encounters == sum(n // o.photos for n in queries.values()) >= 10
+        assert -0.5 < o.offset < 0.5
+    print(f"encounter offsets: {[(o.photos, round(o.offset, 3), o.encounters) for o in offsets]}")
     print(f"export of 2 runs + detector: {exported_bundle.export_seconds:.1f} s")
 
 
@@ -68,6 +82,13 @@ def test_fp16_export(tiny_run: Path, tmp_path: Path) -> None:
     assert pipeline.manifest.threshold == pytest.approx(evaluation["threshold"])
     curve = [p.model_dump() for p in pipeline.manifest.threshold_curve]
     assert curve == evaluation["threshold_curve"] and len(curve) >= 3
+    offsets = [o.model_dump() for o in pipeline.manifest.encounter_offsets]
+    tuned = [
+        {k: o[k] for k in ("photos", "offset", "encounters")}
+        for o in evaluation["encounter_offsets"]
+    ]
+    assert offsets == tuned and [o["photos"] for o in offsets] == [2, 3]
+    print(f"\none run's encounter offsets: {evaluation['encounter_offsets']}")
 
 
 def test_a_tampered_model_file_is_named(bundle: Path, tmp_path: Path) -> None:

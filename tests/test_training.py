@@ -95,6 +95,7 @@ def test_evaluate_command_prints_the_figures(
     assert whaleid(["evaluate", "--run", str(tiny_run)]) == 0
     out = capsys.readouterr().out
     assert "open-set MAP@5, all" in out and f"{Run(tiny_run).evaluation['map5']:.4f}" in out
+    assert "| threshold offset by encounter photos | 2: " in out
 
 
 def test_train_command_names_an_unknown_key(

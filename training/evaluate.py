@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.encounters import ENCOUNTER_FUSION
 from app.preprocess import EmbedTransform
+from gallery.encounter import fuse
 from gallery.metrics import SweepResult, sweep_thresholds
 from gallery.rank import NEW
 from training.config import EvalConfig
@@ -25,9 +27,12 @@ from training.embed import embed_images
 from training.splits import EvalSet
 
 __all__ = [
+    "ENCOUNTER_SIZES",
+    "MIN_ENCOUNTERS",
     "EmbeddedSet",
     "curve_by_size",
     "embed_eval_set",
+    "encounter_offsets",
     "knn_hits",
     "score_at",
     "summary",
@@ -233,6 +238,101 @@ def _compared(allowed: np.ndarray | None, keep: np.ndarray) -> float:
     if allowed is None:
         return float(keep.sum())
     return float(allowed[:, keep].sum(axis=1).mean())
+
+
+# Encounter sizes whose threshold is tuned; a larger encounter uses the largest one tuned.
+ENCOUNTER_SIZES = (2, 3)
+# Fewer encounters of a size than this on the validation: no offset for it (too noisy to tune).
+MIN_ENCOUNTERS = 10
+
+
+def encounter_offsets(
+    embedded: EmbeddedSet,
+    result: SweepResult,
+    cfg: EvalConfig,
+    *,
+    seed: int = 0,
+    sizes: tuple[int, ...] = ENCOUNTER_SIZES,
+    min_encounters: int = MIN_ENCOUNTERS,
+) -> list[dict[str, float]]:
+    """How much higher (or lower) `new_individual`'s threshold is best for encounters of k
+    photos than for one photo: [{"photos", "offset", "encounters", "threshold", "map5",
+    "map5_at_single"}], one entry per size with at least `min_encounters` encounters.
+
+    Fusing P photos raises a known animal's score (its best photos count) and a new one's
+    best impostor's less, so the threshold that keeps new individuals apart moves with P.
+    Each individual's query photos, shuffled by `seed`, are cut into encounters of k (the same
+    order for every k; a remainder is dropped); each encounter's kNN rows are fused by
+    `gallery.encounter.fuse` with the service's rule (`app.encounters.ENCOUNTER_FUSION`, a
+    photo that could see no photo of an individual abstaining) and swept like single photos.
+    The offset is against `result`'s threshold (one photo, the same validation), so serving
+    adds it to the threshold it reads for the gallery's size. `map5` is the encounters' MAP@5
+    at the tuned threshold, `map5_at_single` at the single-photo one."""
+    eval_set = embedded.eval_set
+    sims, labels = _hits(embedded, cfg)
+    visible = _visible(eval_set)
+    order = _shuffled_by_individual(eval_set, seed)
+    offsets = []
+    for k in sizes:
+        groups = [photos[i : i + k] for photos in order for i in range(0, len(photos) - k + 1, k)]
+        if len(groups) < min_encounters:
+            continue
+        fused_sims, fused_labels = _fused_rows(sims, labels, groups, visible)
+        truth = np.array([eval_set.query_truth[g].max() for g in groups], dtype=np.int64)
+        tuned = _tune_encounters(fused_sims, fused_labels, truth, result.best_threshold, cfg)
+        offsets.append({"photos": k, "encounters": len(groups), **tuned})
+    return offsets
+
+
+def _shuffled_by_individual(eval_set: EvalSet, seed: int) -> list[np.ndarray]:
+    """Each individual's query indices, in a seeded random order (individuals by name)."""
+    rng = np.random.default_rng(seed)
+    owners = np.array([p.individual_id for p in eval_set.queries])
+    return [rng.permutation(np.flatnonzero(owners == name)) for name in np.unique(owners)]
+
+
+def _visible(eval_set: EvalSet) -> np.ndarray | None:
+    """(Q, individuals) whether each query is compared with any photo of the individual (as
+    `IndexReplica.encounter_shortlist` answers); None without viewpoints: all are."""
+    if eval_set.allowed is None:
+        return None
+    codes = np.arange(len(eval_set.individuals))
+    owned = (eval_set.gallery_labels[None, :] == codes[:, None]).astype(np.float32)  # (C, G)
+    return (eval_set.allowed.astype(np.float32) @ owned.T) > 0
+
+
+def _fused_rows(
+    sims: np.ndarray, labels: np.ndarray, groups: list[np.ndarray], visible: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One fused hit row per encounter, best first (`sweep_grid` reads column 0 as the best),
+    padded with -inf / -1 to the widest."""
+    rows = []
+    for group in groups:
+        seen = None if visible is None else visible[group]
+        hits = fuse(sims[group], labels[group], ENCOUNTER_FUSION, seen)
+        order = np.argsort(-hits.sims[0], kind="stable")
+        rows.append((hits.sims[0][order], hits.labels[0][order]))
+    width = max(1, max(len(s) for s, _ in rows))
+    fused_sims = np.full((len(rows), width), -np.inf, dtype=np.float32)
+    fused_labels = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, (row_sims, row_labels) in enumerate(rows):
+        fused_sims[i, : len(row_sims)], fused_labels[i, : len(row_labels)] = row_sims, row_labels
+    return fused_sims, fused_labels
+
+
+def _tune_encounters(
+    sims: np.ndarray, labels: np.ndarray, truth: np.ndarray, single: float, cfg: EvalConfig
+) -> dict[str, float]:
+    """The best threshold for fused encounter rows on the single-photo sweep's grid rule, its
+    offset from `single` and MAP@5 at both."""
+    swept = sweep_thresholds(sims, labels, truth, sweep_grid(sims, cfg.threshold_step))
+    at_single = sweep_thresholds(sims, labels, truth, [single])
+    return {
+        "offset": round(swept.best_threshold - single, 6),
+        "threshold": round(swept.best_threshold, 6),
+        "map5": float(swept.map_all[swept.best_index]),
+        "map5_at_single": float(at_single.map_all[0]),
+    }
 
 
 def score_at(embedded: EmbeddedSet, threshold: float, cfg: EvalConfig) -> dict[str, float | None]:

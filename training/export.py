@@ -10,7 +10,9 @@ Export checks itself: the same catalogue photos go through the torch model and t
 `app.embedder.OnnxEmbedder`, the class serving runs, and the export fails unless every cosine
 reaches 0.999 (fp32) or 0.995 (fp16). With several runs the new_individual threshold is
 re-tuned on their shared open-set validation, embedded by the bundle's own onnxruntime
-pipeline (serving's embeddings, ensemble included), with `training.evaluate`'s sweep.
+pipeline (serving's embeddings, ensemble included), with `training.evaluate`'s sweep, and so
+are its curve by gallery size and its offsets for encounters; one run's come from its
+evaluation.json, tuned the same way on the same validation.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from app.manifest import (
     BundleError,
     DetectorSpec,
     EmbedderSpec,
+    EncounterOffset,
     Manifest,
     ThresholdPoint,
     file_digests,
@@ -47,7 +50,14 @@ from app.reranker import open_local_matcher
 from gallery.errors import WhaleidError
 from gallery.metrics import SweepResult
 from training.catalogue import Photo, read_photo
-from training.evaluate import EmbeddedSet, summary, sweep, threshold_curve, write_sweep_csv
+from training.evaluate import (
+    EmbeddedSet,
+    encounter_offsets,
+    summary,
+    sweep,
+    threshold_curve,
+    write_sweep_csv,
+)
 from training.matcher_export import MatcherParity, export_matcher
 from training.rerank_fit import RerankFit, embed_open_set, fit_rerank
 from training.runs import Run
@@ -286,9 +296,10 @@ def retune_threshold(
     runs: Sequence[Run],
     bundle_dir: Path,
     embedded: EmbeddedSet | None = None,
-) -> tuple[SweepResult, dict[str, float], list[ThresholdPoint]]:
-    """Sweep the ensemble's threshold on the runs' shared open-set validation, and its curve
-    over smaller galleries (training.evaluate.threshold_curve).
+) -> tuple[SweepResult, dict[str, float], list[ThresholdPoint], list[EncounterOffset]]:
+    """Sweep the ensemble's threshold on the runs' shared open-set validation, its curve
+    over smaller galleries (training.evaluate.threshold_curve) and its offsets for encounters
+    of several photos (training.evaluate.encounter_offsets).
 
     Photos are embedded by the bundle's own pipeline exactly as serving will embed them
     (`training.rerank_fit.embed_open_set`; `embedded` when the caller already has them), so
@@ -305,9 +316,22 @@ def retune_threshold(
     result = sweep(embedded, cfg)
     figures = {k: float(v) for k, v in summary(result, eval_set).items() if v is not None}
     curve = threshold_curve(embedded, result, cfg, seed=runs[0].config.seed)
+    offsets = encounter_offsets(embedded, result, cfg, seed=runs[0].config.seed)
     plot_sweep(result, bundle_dir / SWEEP_PNG, title=f"ensemble of {len(runs)}: threshold sweep")
     write_sweep_csv(result, bundle_dir / SWEEP_CSV)
-    return result, figures, [ThresholdPoint.model_validate(p) for p in curve]
+    return (
+        result,
+        figures,
+        [ThresholdPoint.model_validate(p) for p in curve],
+        _manifest_offsets(offsets),
+    )
+
+
+def _manifest_offsets(tuned: list[dict[str, Any]]) -> list[EncounterOffset]:
+    """training.evaluate.encounter_offsets' entries as the manifest keeps them (the figures
+    behind each stay in evaluation.json)."""
+    fields = EncounterOffset.model_fields
+    return [EncounterOffset.model_validate({k: t[k] for k in fields}) for t in tuned]
 
 
 def _single_run_figures(run: Run) -> dict[str, float]:
@@ -463,6 +487,8 @@ def _export_into(
             box_padding=padding,
             threshold=runs[0].threshold,
             threshold_curve=runs[0].evaluation.get("threshold_curve", []),
+            # Runs evaluated before encounters were tuned have none: single-photo thresholds.
+            encounter_offsets=_manifest_offsets(runs[0].evaluation.get("encounter_offsets", [])),
             species=sorted({s for lab in labels for s in lab.species}),
             cv_metrics=_single_run_figures(runs[0]),
             training_configs=[run.config.model_dump(mode="json") for run in runs],
@@ -478,11 +504,14 @@ def _export_into(
         photos = embed_open_set(pipeline, _same_open_set(runs), local=matcher_spec is not None)
         seconds["embed_validation"] = time.perf_counter() - start
         if len(runs) > 1:
-            result, figures, curve = retune_threshold(pipeline, runs, work, photos.embedded)
+            result, figures, curve, offsets = retune_threshold(
+                pipeline, runs, work, photos.embedded
+            )
             tuned = {
                 "threshold": result.best_threshold,
                 "cv_metrics": figures,
                 "threshold_curve": curve,
+                "encounter_offsets": offsets,
             }
             manifest = _write_manifest(work, manifest.model_copy(update=tuned))
         if matcher is not None and matcher_spec is not None:

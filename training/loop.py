@@ -35,6 +35,7 @@ from training.distributed import Dist, setup, teardown
 from training.evaluate import (
     EmbeddedSet,
     embed_eval_set,
+    encounter_offsets,
     score_at,
     summary,
     sweep,
@@ -361,8 +362,9 @@ def _end_epoch(session: _Session, epoch: int, record: dict[str, Any], *, resumed
 
 
 def evaluate_run(run: Run, *, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Tune the threshold on the open-set validation with the best embedder; write
-    evaluation.json, sweep.csv and sweep.png; also score the closed-set fold at it."""
+    """Tune the threshold on the open-set validation with the best embedder (by gallery size,
+    and its offsets for encounters of several photos); write evaluation.json, sweep.csv and
+    sweep.png; also score the closed-set fold at it."""
     cfg = run.config
     model = run.load_embedder("best").to(device)
     transform = run.transform()
@@ -377,6 +379,7 @@ def evaluate_run(run: Run, *, device: torch.device | str = "cpu") -> dict[str, A
     result = sweep(embedded, cfg.eval)
     evaluation: dict[str, Any] = {**summary(result, open_set), "flip_tta": cfg.eval.flip_tta}
     evaluation["threshold_curve"] = threshold_curve(embedded, result, cfg.eval, seed=cfg.seed)
+    evaluation["encounter_offsets"] = encounter_offsets(embedded, result, cfg.eval, seed=cfg.seed)
     closed = run.closed_set_split()
     if closed.queries:
         closed_scores = score_at(embed(closed), result.best_threshold, cfg.eval)

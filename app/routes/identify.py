@@ -125,8 +125,9 @@ async def identify(
     where the bundle's tuned threshold ranks it: first when no known individual is that similar.
 
     Several `image` parts are one encounter: each photo is searched, each individual's scores
-    are fused across the photos (the mean of its two best), and each prediction's evidence
-    names the photo that found it (`evidence.photo`)."""
+    are fused across the photos (the mean of its two best), `new_individual` is placed at the
+    threshold tuned for encounters of that many photos where the bundle has one, and each
+    prediction's evidence names the photo that found it (`evidence.photo`)."""
     if len(image) > settings.max_encounter:
         raise ApiError(422, f"image: at most {settings.max_encounter} photos of one encounter")
     if len(image) == 1:

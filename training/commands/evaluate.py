@@ -40,6 +40,14 @@ def format_evaluation(evaluation: dict) -> str:
     if curve and len(curve) > 1:
         shown = ", ".join(f"{p['images']}: {p['threshold']:.3f}" for p in curve)
         lines.append(f"| threshold by gallery photos | {shown} |")
+    offsets = evaluation.get("encounter_offsets")
+    if offsets:
+        shown = ", ".join(
+            f"{o['photos']}: {o['offset']:+.3f} (MAP@5 {o['map5_at_single']:.4f} → "
+            f"{o['map5']:.4f}, {o['encounters']} encounters)"
+            for o in offsets
+        )
+        lines.append(f"| threshold offset by encounter photos | {shown} |")
     closed = evaluation.get("closed_set")
     if closed:
         lines.append(f"| closed-set fold MAP@5 at the threshold | {_f(closed['map5'])} |")
