@@ -259,8 +259,9 @@ def encounter_offsets(
     photos than for one photo: [{"photos", "offset", "encounters", "threshold", "map5",
     "map5_at_single"}], one entry per size with at least `min_encounters` encounters.
 
-    Fusing P photos raises a known animal's score (its best photos count) and a new one's
-    best impostor's less, so the threshold that keeps new individuals apart moves with P.
+    Fusing P photos moves a known animal's score (its best photos count) and a new one's best
+    impostor's by different amounts, so the threshold that keeps new individuals apart moves
+    with P.
     Each individual's query photos, shuffled by `seed`, are cut into encounters of k (the same
     order for every k; a remainder is dropped); each encounter's kNN rows are fused by
     `gallery.encounter.fuse` with the service's rule (`app.encounters.ENCOUNTER_FUSION`, a
@@ -278,6 +279,7 @@ def encounter_offsets(
         if len(groups) < min_encounters:
             continue
         fused_sims, fused_labels = _fused_rows(sims, labels, groups, visible)
+        # Its individual where any photo could find it (viewpoints), else NEW (-1).
         truth = np.array([eval_set.query_truth[g].max() for g in groups], dtype=np.int64)
         tuned = _tune_encounters(fused_sims, fused_labels, truth, result.best_threshold, cfg)
         offsets.append({"photos": k, "encounters": len(groups), **tuned})
