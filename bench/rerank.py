@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synth-photos", type=int, default=5)
     p.add_argument("--synth-size", default="1024x768", help="synthetic photo size WxH")
     p.add_argument("--synth-sides", type=int, default=1, help="faces per fin (1 or 2)")
+    p.add_argument(
+        "--synth-speckles", type=int, default=0, help="fine marks per face (whaleid synth)"
+    )
     p.add_argument("--workdir", type=Path, default=Path("/tmp/whaleid-bench-rerank"))
     p.add_argument("--seed", type=int, default=0, help="split, training and synth seed")
     p.add_argument("--train-individuals", type=int, default=160, help="cap on training dogs")
@@ -118,6 +122,8 @@ def catalogue(args: argparse.Namespace) -> Path:
 
     w, h = (int(v) for v in args.synth_size.split("x"))
     name = f"synth-{args.synth_individuals}x{args.synth_photos}-{w}x{h}-s{args.synth_sides}"
+    if args.synth_speckles:
+        name += f"-speckles{args.synth_speckles}"
     folder = args.workdir / f"{name}-seed{args.seed}"
     if not (folder / "train.csv").is_file():
         make_catalogue(
@@ -128,6 +134,7 @@ def catalogue(args: argparse.Namespace) -> Path:
             seed=args.seed,
             image_size=(w, h),
             sides=args.synth_sides,
+            speckles=args.synth_speckles,
             overwrite=True,
         )
     return folder
@@ -231,9 +238,12 @@ def cached_open_set(pipeline: Pipeline, eval_set: EvalSet, path: Path) -> OpenSe
             return OpenSetPhotos(embedded, features[0], features[1])
     photos = embed_open_set(pipeline, eval_set, local=True)
     assert photos.gallery_local is not None and photos.query_local is not None
-    arrays = {"gallery": photos.embedded.gallery, "queries": photos.embedded.queries}
-    for side, features in (("gallery", photos.gallery_local), ("queries", photos.query_local)):
-        arrays |= {f"{side}_{f}": getattr(features, f) for f in _FEATURE_FIELDS}
+    arrays: dict[str, Any] = {
+        "gallery": photos.embedded.gallery,
+        "queries": photos.embedded.queries,
+    }
+    for side, kept in (("gallery", photos.gallery_local), ("queries", photos.query_local)):
+        arrays |= {f"{side}_{f}": getattr(kept, f) for f in _FEATURE_FIELDS}
     np.savez(path, **arrays)
     return photos
 

@@ -185,6 +185,7 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
         (["--species", "5", "--individuals", "2"], "--species (5) cannot exceed --individuals"),
         (["--seed", "-1"], "--seed"),
         (["--sides", "3"], "--sides"),
+        (["--speckles", "-1"], "--speckles"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
@@ -253,3 +254,33 @@ def test_a_fins_two_faces_share_the_outline_not_the_marks() -> None:
         # One-sided catalogues draw the near face exactly as before sides existed.
         (only,), zero = textures(0, index, ind, sides=1)
         assert zero == 0 and np.array_equal(np.asarray(only.image), np.asarray(near.image))
+
+
+def test_speckles_add_fine_marks_to_every_face_and_nothing_else() -> None:
+    kinds = make_species(1)
+    ind = individual(0, 0, kinds)
+    plain, first = textures(0, 0, ind, sides=2)
+    speckled, again = textures(0, 0, ind, sides=2, speckles=60)
+    assert again == first
+    for before, after in zip(plain, speckled, strict=True):
+        shade_b, alpha_b, back_b = (np.asarray(c, dtype=np.int16) for c in before.image.split())
+        shade_a, alpha_a, back_a = (np.asarray(c, dtype=np.int16) for c in after.image.split())
+        # The silhouette (and so the box) and the back stay; only the fin's skin changes...
+        assert np.array_equal(alpha_a, alpha_b) and np.array_equal(back_a, back_b)
+        changed = np.abs(shade_a - shade_b) > 20
+        # ...in many small marks: a few percent of the fin, not a patch over it.
+        share = changed[alpha_b > 128].mean()
+        assert 0.003 < share < 0.1, share
+    # The two faces are speckled differently (their own stream each).
+    near = np.asarray(speckled[0].image.split()[0], np.int16) - np.asarray(
+        plain[0].image.split()[0], np.int16
+    )
+    far = np.asarray(speckled[1].image.split()[0], np.int16) - np.asarray(
+        plain[1].image.split()[0], np.int16
+    )
+    assert not np.array_equal(near != 0, (far != 0)[:, ::-1])
+
+
+def test_speckles_are_recorded(tmp_path: Path) -> None:
+    make_catalogue(tmp_path / "c", individuals=2, photos=1, species=1, seed=0, speckles=5)
+    assert json.loads((tmp_path / "c" / "synth.json").read_text())["speckles"] == 5

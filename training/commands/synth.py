@@ -45,6 +45,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "scars and pigment, alternates them over its photos and writes a viewpoint column",
     )
     parser.add_argument(
+        "--speckles",
+        type=int,
+        default=0,
+        help="fine marks per face (dots and dashes a few pixels wide in a large photo, as a "
+        "speckled skin): identity in detail a global model at low resolution cannot see",
+    )
+    parser.add_argument(
         "--size", type=_size, default=(512, 384), metavar="WxH", help="photo size in pixels"
     )
     parser.add_argument(
@@ -63,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_size=args.size,
         sides=args.sides,
+        speckles=args.speckles,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )

@@ -25,6 +25,7 @@ from training.synth.shapes import (
     make_individual,
     make_species,
     other_side,
+    speckled,
     stable_hex,
 )
 
@@ -45,7 +46,7 @@ JPEG_QUALITY = 92
 OUTPUTS = ("images", "labels", "train.csv", "boxes.csv", "synth.json")
 # First spawn-key element: keeps the kinds of stream apart. The far side has a stream of its
 # own, so a one-sided catalogue is byte-identical to what it was before sides existed.
-_INDIVIDUAL, _PHOTO, _SIDE = 0, 1, 2
+_INDIVIDUAL, _PHOTO, _SIDE, _SPECKLE = 0, 1, 2, 3
 # Viewpoint labels of a two-sided catalogue: the near face of the fin, then the far one.
 SIDES = ("left", "right")
 
@@ -71,7 +72,13 @@ class CatalogueSummary:
 
 
 def _check(
-    individuals: int, photos: int, species: int, seed: int, size: tuple[int, int], sides: int
+    individuals: int,
+    photos: int,
+    species: int,
+    seed: int,
+    size: tuple[int, int],
+    sides: int,
+    speckles: int,
 ) -> None:
     for name, value in (("individuals", individuals), ("photos", photos), ("species", species)):
         if value < 1:
@@ -85,6 +92,8 @@ def _check(
         raise SynthError(f"--seed must be 0 or more, got {seed}")
     if sides not in (1, 2):
         raise SynthError(f"--sides must be 1 or 2, got {sides}")
+    if not 0 <= speckles <= 1000:
+        raise SynthError(f"--speckles must be 0 to 1000, got {speckles}")
     if len(size) != 2 or min(size) < 32:
         raise SynthError(f"--size must be at least 32x32 pixels, got {size[0]}x{size[1]}")
 
@@ -115,15 +124,24 @@ def individual(seed: int, index: int, kinds: list[Species]) -> Individual:
     return make_individual(_rng(seed, _INDIVIDUAL, index), ind_id, kinds[index % len(kinds)])
 
 
-def textures(seed: int, index: int, ind: Individual, sides: int) -> tuple[list[FinTexture], int]:
+def textures(
+    seed: int, index: int, ind: Individual, sides: int, speckles: int = 0
+) -> tuple[list[FinTexture], int]:
     """The textures of `ind`'s photographed faces (near face first) and the face its first
     photo shows; photos alternate faces from there, so every animal with two or more photos
-    is seen from both sides."""
+    is seen from both sides. `speckles`: fine marks added to each face, from a stream of its
+    own (without them a catalogue is byte-identical to one made before they existed)."""
     if sides == 1:
-        return [fin_texture(ind)], 0
-    rng = _rng(seed, _SIDE, index)
-    first = int(rng.integers(2))
-    return [fin_texture(ind), fin_texture(other_side(rng, ind), mirrored=True)], first
+        faces, first = [ind], 0
+    else:
+        rng = _rng(seed, _SIDE, index)
+        first = int(rng.integers(2))
+        faces = [ind, other_side(rng, ind)]
+    if speckles:
+        faces = [
+            speckled(_rng(seed, _SPECKLE, index, k), face, speckles) for k, face in enumerate(faces)
+        ]
+    return [fin_texture(face, mirrored=k == 1) for k, face in enumerate(faces)], first
 
 
 def render(
@@ -149,18 +167,20 @@ def make_catalogue(
     seed: int,
     image_size: tuple[int, int] = (512, 384),
     sides: int = 1,
+    speckles: int = 0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> CatalogueSummary:
     """Write a catalogue of `individuals` × `photos` photos (`image_size` = width, height) to
     `out`. Individuals are spread evenly over `species`. With `sides=2` each fin has two faces
     with their own scars and pigment (silhouette and notches shared, the far face mirrored),
-    photos alternate faces, and train.csv gets a `viewpoint` column (`left`, `right`). Raises
+    photos alternate faces, and train.csv gets a `viewpoint` column (`left`, `right`).
+    `speckles` adds that many fine marks to each face (`shapes.speckled`). Raises
     SynthError for bad arguments or a non-empty `out` without `overwrite` (then only the
     catalogue's own files are replaced)."""
     out = Path(out)
     w, h = (int(v) for v in image_size)
-    _check(individuals, photos, species, seed, (w, h), sides)
+    _check(individuals, photos, species, seed, (w, h), sides, speckles)
     _prepare(out, overwrite)
     kinds = make_species(species)
 
@@ -172,7 +192,7 @@ def make_catalogue(
         for i in range(individuals):
             ind = individual(seed, i, kinds)
             ids.append(ind.id)
-            faces, first = textures(seed, i, ind, sides)
+            faces, first = textures(seed, i, ind, sides, speckles)
             for j in range(photos):
                 face = (first + j) % len(faces)
                 name, photo = render(seed, i, j, faces[face], (w, h))
@@ -195,6 +215,7 @@ def make_catalogue(
         "species": [{"name": k.name, "fin_family": k.family.name} for k in kinds],
         "seed": seed,
         "sides": sides,
+        "speckles": speckles,
         "image_size": [w, h],
         "jpeg_quality": JPEG_QUALITY,
         "box_classes": ["fin"],
