@@ -99,6 +99,12 @@ def test_fused_beats_global_where_marks_match() -> None:
     chosen = figures[f"fusion_{spec.fusion.method}_map5"]
     assert chosen == max(figures["fusion_mean_map5"], figures["fusion_logistic_map5"])
     assert [p.images for p in spec.threshold_curve] == [30]
+    # Fitted on what serving ranks: the B shortlisted photos, every one of them matched
+    # (an unmatched tail at its global probability alone would outrank weak matches).
+    assert fit.shortlists is not None
+    sims, labels, local = fit.shortlists
+    assert sims.shape[1] == labels.shape[1] == local.shape[1] == 10
+    assert not np.isnan(local[labels >= 0]).any()
 
 
 def test_pairs_are_matched_once_and_as_the_matcher_says() -> None:
