@@ -49,7 +49,10 @@ HITS = 50
 
 
 def _embed(pipeline: Pipeline, paths: list[Path], batch: int = 32) -> np.ndarray:
-    out = [pipeline.embed([open_image(p) for p in part]).vectors for part in chunks(paths, batch)]
+    out = [
+        pipeline.embed([open_image(p) for p in part], local=False).vectors
+        for part in chunks(paths, batch)
+    ]
     return np.concatenate(out).astype(np.float32)
 
 
