@@ -43,3 +43,32 @@ def test_encounter_bench_runs_on_unseen_individuals(
     assert {r["encounters"] for r in rows if r["photos"] == 3} == {10}
     assert {r["encounters"] for r in rows if r["photos"] == 1} == {7 * 3 + 3 * 4}
     assert "| 3 | top2 | validation-tuned" in capsys.readouterr().out
+
+
+def test_individuals_a_bundle_trained_on_are_left_out(
+    toy_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalogue = tmp_path / "cat"
+    make_catalogue(catalogue, individuals=24, photos=4, species=1, seed=6, image_size=(96, 72))
+    # A training catalogue of the first 4 individuals' rows (a run's train-catalogue).
+    rows = (catalogue / "train.csv").read_text().splitlines()
+    trained = sorted({line.split(",")[2] for line in rows[1:]})[:4]
+    kept = [rows[0], *(line for line in rows[1:] if line.split(",")[2] in trained)]
+    (tmp_path / "trained").mkdir()
+    (tmp_path / "trained" / "train.csv").write_text("\n".join(kept) + "\n")
+    (tmp_path / "trained" / "images").symlink_to(catalogue / "images")
+    args = ["--bundle", str(toy_bundle), "--catalogue", str(catalogue), "--sizes", "1"]
+    assert main([*args, "--seeds", "0", "--exclude", str(tmp_path / "trained")]) == 0
+    assert "20 individuals, 80 photos" in capsys.readouterr().out
+    # A seeded subset of those: the same one on every run.
+    assert (
+        main([*args, "--seeds", "0", "--exclude", str(tmp_path / "trained"), "--individuals", "12"])
+        == 0
+    )
+    first = capsys.readouterr().out
+    assert "12 individuals, 48 photos" in first
+    assert (
+        main([*args, "--seeds", "0", "--exclude", str(tmp_path / "trained"), "--individuals", "12"])
+        == 0
+    )
+    assert capsys.readouterr().out == first
