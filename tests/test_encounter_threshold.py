@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.bundle import minimal_manifest as manifest
 from pydantic import ValidationError
 
 from app.encounters import encounter_threshold
-from app.manifest import EmbedderSpec, EncounterOffset, Manifest
+from app.manifest import EncounterOffset, Manifest
 from gallery.catalogue import Photo
 from gallery.rank import NEW
 from training.config import EvalConfig
@@ -99,16 +100,6 @@ def test_viewpoints_that_allow_every_photo_change_nothing() -> None:
 
 
 # -- in the manifest and at serving time --------------------------------------------------------
-
-
-def manifest(**fields: object) -> Manifest:
-    base: dict[str, object] = {
-        "fingerprint": "0" * 64,
-        "embedders": [EmbedderSpec(file="e.onnx", timm_name="test", output_dim=8)],
-        "embedding_dim": 8,
-        "threshold": 0.8,
-    }
-    return Manifest.model_validate({**base, **fields})
 
 
 OFFSETS = [

@@ -8,23 +8,13 @@ import math
 
 import numpy as np
 import pytest
+from fixtures.bundle import minimal_manifest as manifest
 from pydantic import ValidationError
 
-from app.manifest import EmbedderSpec, Manifest
 from gallery.rank import NEW
 from training.config import EvalConfig
 from training.evaluate import EmbeddedSet, sweep, threshold_curve
 from training.splits import EvalSet
-
-
-def manifest(**fields: object) -> Manifest:
-    base: dict[str, object] = {
-        "fingerprint": "0" * 64,
-        "embedders": [EmbedderSpec(file="e.onnx", timm_name="test", output_dim=8)],
-        "embedding_dim": 8,
-        "threshold": 0.8,
-    }
-    return Manifest.model_validate({**base, **fields})
 
 
 def test_threshold_for_follows_the_curve_in_log_size() -> None:
