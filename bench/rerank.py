@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--cost-matchers",
         default="lightglue,mutual_nn",
-        help="local methods timed per query (LightGlue's fit costs ~30x the numpy one's on a "
+        help="local methods timed per query (LightGlue's fit costs ~100x the numpy one's on a "
         "CPU: it can be timed without being fitted)",
     )
     p.add_argument(

@@ -196,28 +196,26 @@ def fit_rerank(
     labels_g = embedded.eval_set.gallery_labels
     truth = embedded.eval_set.query_truth
     pairs = pairs or PairScores(matcher, photos.query_local, photos.gallery_local)
-    # Serving ranks the B shortlisted photos and nothing else (Engine._reranked): so does the
-    # fit. A longer list would rank unmatched photos at their global probability alone, above
-    # matched ones whose few matches pull the fused probability down.
-    width = shortlist
 
     def shortlisted(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # Serving ranks the B shortlisted photos and nothing else (Engine._reranked): so does
+        # the fit. A longer list would rank unmatched photos at their global probability
+        # alone, above matched ones whose few matches pull the fused probability down.
         rows = np.flatnonzero(keep)
-        sims, found = search(embedded.gallery[rows], embedded.queries, width)
+        sims, found = search(embedded.gallery[rows], embedded.queries, shortlist)
         index = np.where(found >= 0, rows[found.clip(0)], -1)
         labels = np.where(index >= 0, labels_g[index.clip(0)], -1)
         return sims, labels, pairs.scores(index, shortlist)
 
     everything = np.ones(len(labels_g), dtype=bool)
     sims, labels, local = shortlisted(everything)
-    head = slice(0, min(shortlist, sims.shape[1]))
-    valid = labels[:, head] >= 0
-    hits = (labels[:, head] == truth[:, None])[valid]
+    valid = labels >= 0
+    hits = (labels == truth[:, None])[valid]
 
     methods: list[FusionMethod] = ["mean", "logistic"] if fusion == "auto" else [fusion]  # type: ignore[list-item]
     fits: dict[str, tuple[Reranker, np.ndarray, SweepResult]] = {}
     for how in methods:
-        fitted = fit_fusion(sims[:, head][valid], local[:, head][valid], hits, method=how)
+        fitted = fit_fusion(sims[valid], local[valid], hits, method=how)
         reranker = Reranker(matcher, fitted)
         fused = reranker.rerank(sims, labels, pairs.queries, [], 1.0, local=(local, [])).fused
         grid = _fused_grid(fused, cfg.threshold_step)
