@@ -102,3 +102,38 @@ def test_config_errors_name_the_option() -> None:
         EmbeddingModel(ModelConfig(backbone="no_such_net"))
     with pytest.raises(ValueError, match="extra"):
         ModelConfig.model_validate({"backbone": "resnet18", "neck": "bn"})
+
+
+def test_frozen_stages_keep_their_weights_and_batchnorm_statistics() -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(backbone="test_efficientnet", embedding_size=16, freeze_stages=1)
+    )
+    frozen = {id(p) for m in model.frozen for p in m.parameters()}
+    assert frozen and {id(p) for p in model.backbone.conv_stem.parameters()} <= frozen
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable}.isdisjoint(frozen)
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    model.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3, 64, 64)).pow(2).sum().backward()
+        optimizer.step()
+    after = model.state_dict()
+    frozen_names = {
+        f"backbone.{name}.{key}"
+        for m in model.frozen
+        for name, sub in model.backbone.named_modules()
+        if sub is m
+        for key in m.state_dict()
+    }
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert frozen_names and changed.isdisjoint(frozen_names)  # weights and running statistics
+    assert any(k.startswith("backbone.blocks.") for k in changed)  # the rest does learn
+    assert all(not m.training for m in model.frozen) and model.neck.training
+
+
+def test_freezing_every_stage_is_refused() -> None:
+    with pytest.raises(WhaleidError, match="freeze_stages"):
+        EmbeddingModel(ModelConfig(backbone="test_efficientnet", freeze_stages=99))

@@ -59,6 +59,12 @@ class ModelConfig(BaseModel):
     gem_p: float = Field(3.0, gt=0)
     gem_learnable: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
+    freeze_stages: int = Field(
+        0,
+        ge=0,
+        description="keep the stem and the first N backbone stages (timm's coarse parameter "
+        "groups) as loaded: no gradient, BatchNorm statistics fixed",
+    )
 
 
 class HeadConfig(BaseModel):

@@ -100,7 +100,11 @@ def _prepare(cfg: TrainConfig, run_dir: Path) -> None:
 def _param_groups(trainee: Trainee, cfg: TrainConfig) -> list[dict[str, Any]]:
     lr, wd = cfg.optim.lr, cfg.optim.weight_decay
     return [
-        {"params": list(trainee.model.parameters()), "lr": lr, "weight_decay": wd},
+        {
+            "params": [p for p in trainee.model.parameters() if p.requires_grad],
+            "lr": lr,
+            "weight_decay": wd,
+        },
         {
             "params": list(trainee.head.parameters()),
             "lr": lr * cfg.optim.head_lr_mult,

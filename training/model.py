@@ -17,6 +17,7 @@ from typing import Literal, cast
 
 import timm
 import torch
+from timm.models import group_modules
 from torch import Tensor, nn
 
 from app.preprocess import IMAGENET_MEAN, IMAGENET_STD, EmbedTransform
@@ -101,6 +102,17 @@ class EmbeddingModel(nn.Module):
         )
         input_size = data_cfg.get("input_size", (3, 224, 224))
         self.default_input_size: tuple[int, int] = (int(input_size[1]), int(input_size[2]))
+        self.frozen = _first_stages(self.backbone, cfg.freeze_stages)
+        for module in self.frozen:
+            module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EmbeddingModel:
+        # Frozen stages stay in eval mode so that their BatchNorm keeps the loaded statistics:
+        # a few hundred photos of one species would otherwise drag ImageNet's away.
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images → pooled backbone features (N, num_features), fp32."""
@@ -121,6 +133,29 @@ class EmbeddingModel(nn.Module):
             std=cast(tuple[float, float, float], tuple(float(v) for v in self.std)),
             interpolation=self.interpolation,
         )
+
+
+def _first_stages(backbone: nn.Module, stages: int) -> list[nn.Module]:
+    """The stem and the first `stages` stages of a timm backbone, by its coarse groups.
+
+    timm numbers a model's coarse groups stem = 0, stages 1, 2, ... and the head last, the
+    same way for every family, so this needs no branch per backbone.
+    """
+    if stages == 0:
+        return []
+    matcher = getattr(backbone, "group_matcher", None)
+    if matcher is None:
+        raise WhaleidError(
+            f"model.freeze_stages: {type(backbone).__name__} does not name its stages "
+            "(no group_matcher); use freeze_stages: 0"
+        )
+    groups = sorted(group_modules(backbone, matcher(coarse=True)).items())
+    if stages >= len(groups) - 1:
+        raise WhaleidError(
+            f"model.freeze_stages: {stages} would freeze the whole backbone "
+            f"({len(groups) - 1} stages after the stem); use at most {len(groups) - 2}"
+        )
+    return [backbone.get_submodule(name) for _, names in groups[: stages + 1] for name in names]
 
 
 def build_model(cfg: ModelConfig) -> EmbeddingModel:
