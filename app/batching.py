@@ -1,11 +1,13 @@
-"""Group concurrent requests' photos into batches, so a GPU sees few large calls, not many small.
+"""Group concurrent requests' photos into batches, so the models see few large calls, not many.
 
 Requests `submit` one item each and await its result. One collector task takes the first waiting
-item and everything already queued behind it (up to `max_batch`), and runs the batch in a
-dedicated worker thread (off the event loop; one thread, so the models see one call at a time).
-While a batch runs, newcomers queue up, so under load the next batch is taken full and at once.
+item and everything already queued behind it (up to `max_batch`), and runs the batch in a worker
+thread (off the event loop). Each worker has its own function (its own copy of the models) and
+runs one batch at a time; with several, a batch goes to whichever worker is free, so one batch's
+preprocessing and inference overlap another's. While every worker is busy, newcomers queue up,
+so under load the next batch is taken full and at once.
 
-It never waits for company that is not coming: a request that finds the worker idle and nobody
+It never waits for company that is not coming: a request that finds a worker idle and nobody
 queued runs at once. Only under steady load (the last batch held several requests and ended
 less than `max_wait` ago) does it wait, at most `max_wait`, for as many requests as the last
 batch held: closed-loop clients answered together come back a few milliseconds apart, and one
@@ -42,12 +44,17 @@ class _Job(Generic[T, R]):
     queued: float
 
 
+BatchFn = Callable[[list[T]], Sequence[R]]
+
+
 class MicroBatcher(Generic[T, R]):
-    """`fn(items) -> results` (same length, same order), called in batches in a worker thread."""
+    """`fn(items) -> results` (same length, same order), called in batches in worker threads:
+    one worker per function given (a list: one per copy of the models), each running one batch
+    at a time."""
 
     def __init__(
         self,
-        fn: Callable[[list[T]], Sequence[R]],
+        fn: BatchFn[T, R] | Sequence[BatchFn[T, R]],
         *,
         max_batch: int = 16,
         max_wait: float = 0.005,
@@ -56,20 +63,33 @@ class MicroBatcher(Generic[T, R]):
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self.fn = fn
+        self.fns: list[BatchFn[T, R]] = list(fn) if isinstance(fn, Sequence) else [fn]
+        if not self.fns:
+            raise ValueError("at least one worker function is needed")
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.on_batch = on_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(max_workers=len(self.fns), thread_name_prefix=name)
         self._queue: asyncio.Queue[_Job[T, R]] | None = None
+        self._free: asyncio.Queue[int] | None = None  # the workers not running a batch
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         # The load the last batch saw: its size and when it ended (loop time).
         self._last_size = 0
         self._last_end = float("-inf")
 
+    @property
+    def workers(self) -> int:
+        return len(self.fns)
+
     def start(self) -> None:
         """Start the collector on the running loop."""
         self._queue = asyncio.Queue()
+        # Last in, first out: a lone request goes to the worker that ran the last batch,
+        # whose threads are awake and whose models are in the caches.
+        self._free = asyncio.LifoQueue()
+        for worker in range(len(self.fns)):
+            self._free.put_nowait(worker)
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
     async def submit(self, item: T) -> tuple[R, float]:
@@ -85,6 +105,9 @@ class MicroBatcher(Generic[T, R]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # Batches already running finish and answer their requests.
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         if self._queue is not None:
             while not self._queue.empty():
                 job = self._queue.get_nowait()
@@ -93,10 +116,12 @@ class MicroBatcher(Generic[T, R]):
         self._executor.shutdown(wait=True)
 
     async def _collect(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._free is not None
         loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
+            # While every worker is busy, newcomers queue behind `first`: the next batch.
+            worker = await self._free.get()
             batch = [first]
             self._take_waiting(batch)
             steady = self._last_size > 1 and loop.time() - self._last_end <= self.max_wait
@@ -113,11 +138,14 @@ class MicroBatcher(Generic[T, R]):
                     except TimeoutError:
                         break
                     self._take_waiting(batch)
-            # Requests whose clients went away are not worth the GPU's time.
+            # Requests whose clients went away are not worth the models' time.
             batch = [job for job in batch if not job.future.done()]
-            if batch:
-                await self._run(batch)
-                self._last_size, self._last_end = len(batch), loop.time()
+            if not batch:
+                self._free.put_nowait(worker)
+                continue
+            task = loop.create_task(self._run(batch, worker))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def _take_waiting(self, batch: list[_Job[T, R]]) -> None:
         """Add what is already queued, without yielding, up to max_batch."""
@@ -128,12 +156,21 @@ class MicroBatcher(Generic[T, R]):
             except asyncio.QueueEmpty:
                 return
 
-    async def _run(self, batch: list[_Job[T, R]]) -> None:
+    async def _run(self, batch: list[_Job[T, R]], worker: int) -> None:
+        assert self._free is not None
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await loop.run_in_executor(self._executor, self._call, batch)
+            outcomes = await loop.run_in_executor(self._executor, self._call, batch, worker)
+        except BaseException as exc:
+            # Cancelled at shutdown, or the executor is gone: the batch's requests learn of it.
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(BatcherClosedError(f"the batch did not run: {exc}"))
+            raise
         finally:
+            self._free.put_nowait(worker)
+            self._last_size, self._last_end = len(batch), loop.time()
             if self.on_batch is not None:
                 self.on_batch(len(batch), time.perf_counter() - started)
         for job, outcome in zip(batch, outcomes, strict=True):
@@ -144,10 +181,11 @@ class MicroBatcher(Generic[T, R]):
             else:
                 job.future.set_result((outcome, started - job.queued))
 
-    def _call(self, batch: list[_Job[T, R]]) -> list[R | _Failed]:
-        """In the worker: the batch's results, or, when the batch fails, each item's own."""
+    def _call(self, batch: list[_Job[T, R]], worker: int) -> list[R | _Failed]:
+        """In a worker thread: the batch's results, or, when the batch fails, each item's own."""
+        fn = self.fns[worker]
         try:
-            return list(self._checked([job.item for job in batch]))
+            return list(self._checked(fn, [job.item for job in batch]))
         except Exception as exc:
             if len(batch) == 1:
                 return [_Failed(exc)]
@@ -155,13 +193,14 @@ class MicroBatcher(Generic[T, R]):
         outcomes: list[R | _Failed] = []
         for job in batch:
             try:
-                outcomes += self._checked([job.item])
+                outcomes += self._checked(fn, [job.item])
             except Exception as exc:
                 outcomes.append(_Failed(exc))
         return outcomes
 
-    def _checked(self, items: list[T]) -> Sequence[R]:
-        results = self.fn(items)
+    @staticmethod
+    def _checked(fn: BatchFn[T, R], items: list[T]) -> Sequence[R]:
+        results = fn(items)
         if len(results) != len(items):
             raise RuntimeError(f"batch of {len(items)} gave {len(results)} results")
         return results

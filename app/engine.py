@@ -1,7 +1,8 @@
 """The identification engine: a loaded bundle, an open gallery and the micro-batcher between them.
 
-decode (thread pool) → detect + crop + embed every ensemble member (batched, one worker thread)
-→ search + rank (thread pool) → answer. The app's lifespan builds one Engine (`Engine.load`,
+decode (thread pool) → detect + crop + embed every ensemble member (batched; each embedding
+worker has its own copy of the models and runs one batch at a time in its own thread) → search +
+rank (thread pool) → answer. The app's lifespan builds one Engine (`Engine.load`,
 blocking: it opens sessions, restores or builds the index and warms the models up) and closes it
 at shutdown. Routes only call its async methods, so nothing heavy runs on the event loop.
 """
@@ -9,6 +10,7 @@ at shutdown. Routes only call its async methods, so nothing heavy runs on the ev
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import time
@@ -27,6 +29,7 @@ from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.preprocess import Crop, check_photo
 from app.reranker import PairMatches, Reranker
+from app.sessions import default_workers
 from app.settings import Settings
 from app.uploads import Upload
 from gallery.errors import NotFoundError
@@ -91,27 +94,37 @@ class Registration:
 
 
 class Engine:
-    def __init__(self, settings: Settings, pipeline: Pipeline, gallery: Gallery, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        pipelines: Sequence[Pipeline],
+        gallery: Gallery,
+        metrics: Metrics,
+    ):
+        """`pipelines`: copies of one bundle's models, one per embedding worker."""
+        if not pipelines:
+            raise ValueError("at least one pipeline is needed")
         self.settings = settings
-        self.pipeline = pipeline
+        self.pipelines = list(pipelines)
+        self.pipeline = self.pipelines[0]  # the bundle's manifest and fingerprint
         self.gallery = gallery
         self.metrics = metrics
         self.ready = False
         # Items: a photo and whether its crop's keypoints are wanted (extraction costs more
         # than the embedders: only for re-ranking and for storing with a registration).
         self.batcher: MicroBatcher[tuple[Image.Image, bool], Embedding] = MicroBatcher(
-            self._embed_batch,
+            [functools.partial(_embed_batch, p) for p in self.pipelines],
             max_batch=settings.max_batch,
             max_wait=settings.max_wait_ms / 1000.0,
             on_batch=self._observe_batch,
             name="whaleid-embed",
         )
-        manifest = pipeline.manifest
+        manifest = self.pipeline.manifest
         self.reranker: Reranker | None = None
         self.shortlist_size = 0
         if manifest.rerank is not None and settings.rerank_shortlist != 0:
             self.reranker = Reranker.from_manifest(
-                pipeline.bundle.path,
+                self.pipeline.bundle.path,
                 manifest,
                 settings.providers,
                 spinning=settings.intra_op_spinning,
@@ -142,14 +155,22 @@ class Engine:
         )
         manifest = pipeline.manifest
         providers = pipeline.bundle.embedders[0].providers
+        workers = settings.embed_workers or default_workers(providers)
+        pipelines = [pipeline] + [
+            Pipeline.from_bundle(
+                settings.bundle, settings.providers, spinning=settings.intra_op_spinning
+            )
+            for _ in range(workers - 1)
+        ]
         log.info(
-            "bundle %s (%s…): %d embedder(s)%s, dim %d, on %s",
+            "bundle %s (%s…): %d embedder(s)%s, dim %d, on %s, %d embedding worker(s)",
             settings.bundle,
             manifest.fingerprint[:12],
             len(manifest.embedders),
             " + detector" if manifest.detector else "",
             manifest.embedding_dim,
             ", ".join(providers),
+            workers,
         )
         gallery = Gallery.open(
             settings.gallery,
@@ -161,13 +182,14 @@ class Engine:
             nprobe=settings.index_nprobe,
         )
         log.info("gallery %s: %d images in the index", _redact(settings.gallery), gallery.size)
-        engine = cls(settings, pipeline, gallery, metrics)
+        engine = cls(settings, pipelines, gallery, metrics)
         if settings.warmup:
             # First runs allocate arenas and pick kernels (seconds on a GPU): pay that now,
             # before /readyz says yes, not on the first user's request.
             photo = Image.new("RGB", _WARMUP_SIZE, (90, 110, 130))
-            (first,) = engine._embed_batch([(photo, engine.reranker is not None)])
-            engine._embed_batch([(photo, False)] * min(settings.max_batch, 4))
+            for copy in pipelines:
+                (first,) = _embed_batch(copy, [(photo, engine.reranker is not None)])
+                _embed_batch(copy, [(photo, False)] * min(settings.max_batch, 4))
             if engine.reranker is not None and first.local is not None:
                 engine.reranker.matcher.match_many([(first.local, first.local)])
         metrics.track_gallery(lambda: float(engine.gallery.size))
@@ -205,18 +227,6 @@ class Engine:
         await run_in_threadpool(self.gallery.close)
 
     # -- the steps ----------------------------------------------------------------------------
-
-    def _embed_batch(self, items: list[tuple[Image.Image, bool]]) -> list[Embedding]:
-        images = [image for image, _ in items]
-        wanted = [want for _, want in items]
-        embedded = self.pipeline.embed(images, local=any(wanted))
-        local = embedded.local
-        return [
-            Embedding(vector, crop, None if local is None or not want else local.take([i]))
-            for i, (vector, crop, want) in enumerate(
-                zip(embedded.vectors, embedded.crops, wanted, strict=True)
-            )
-        ]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -569,3 +579,17 @@ def _redact(url: str) -> str:
         user = credentials.split(":", 1)[0]
         return f"{scheme}{sep}{user}:***@{host}"
     return url
+
+
+def _embed_batch(pipeline: Pipeline, items: list[tuple[Image.Image, bool]]) -> list[Embedding]:
+    """One batch through one copy of the models (in its embedding worker's thread)."""
+    images = [image for image, _ in items]
+    wanted = [want for _, want in items]
+    embedded = pipeline.embed(images, local=any(wanted))
+    local = embedded.local
+    return [
+        Embedding(vector, crop, None if local is None or not want else local.take([i]))
+        for i, (vector, crop, want) in enumerate(
+            zip(embedded.vectors, embedded.crops, wanted, strict=True)
+        )
+    ]

@@ -119,6 +119,14 @@ class Settings(StoreSettings):
         "host that serves nothing else; off, the detector and embedders stop stealing each "
         "other's cores)",
     )
+    embed_workers: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="copies of the models, each embedding one batch at a time in its own thread "
+        "(default: 2 on the CPU provider, where two copies overlap one batch's preprocessing and "
+        "onnxruntime's thread hand-offs with another's; 1 on a GPU)",
+    )
     max_batch: int = Field(16, ge=1, le=1024, description="most photos embedded in one call")
     max_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="how long a batch waits for more photos before it runs"

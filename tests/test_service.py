@@ -248,8 +248,11 @@ def batch_counts(metrics: str) -> tuple[float, float]:
 
 
 def test_concurrent_requests_share_batches(service: Server, catalogue: Path) -> None:
+    """Batched with others, on either of the CPU's two embedding workers (each its own copy
+    of the models), a photo gets the answer it gets alone."""
     photos = [p for group in catalogue_photos(catalogue).values() for p in group][:16]
     with service.client(service.read_key) as client:
+        alone = [client.post("/identify", files=jpeg_part(p)).json() for p in photos]
         before = batch_counts(client.get("/metrics").text)
         with ThreadPoolExecutor(max_workers=8) as pool:
             answers = list(pool.map(lambda p: client.post("/identify", files=jpeg_part(p)), photos))
@@ -258,3 +261,10 @@ def test_concurrent_requests_share_batches(service: Server, catalogue: Path) -> 
     embedded, batches = after[0] - before[0], after[1] - before[1]
     assert embedded == len(photos)
     assert batches < len(photos)  # some requests were embedded together
+    for single, batched in zip(alone, (a.json() for a in answers), strict=True):
+        assert [p["individual_id"] for p in batched["predictions"]] == [
+            p["individual_id"] for p in single["predictions"]
+        ]
+        assert [p["score"] for p in batched["predictions"]] == pytest.approx(
+            [p["score"] for p in single["predictions"]], abs=1e-4
+        )

@@ -126,3 +126,72 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
             await batcher.submit(1)
 
     run(main())
+
+
+def test_two_workers_run_two_batches_at_once_each_with_its_own_function() -> None:
+    # Each worker's batch waits at a barrier for the other's: were batches run one at a time,
+    # the barrier would time out and the requests fail.
+    barrier = threading.Barrier(2, timeout=5)
+    seen: dict[int, set[str]] = {0: set(), 1: set()}
+    busy = [threading.Lock(), threading.Lock()]
+
+    def worker(index: int):  # type: ignore[no-untyped-def]
+        def fn(items: list[int]) -> list[tuple[int, int]]:
+            # One batch at a time per worker: its models are never called twice at once.
+            assert busy[index].acquire(blocking=False), f"worker {index} ran two batches at once"
+            try:
+                seen[index].add(threading.current_thread().name)
+                barrier.wait()
+                return [(index, i) for i in items]
+            finally:
+                busy[index].release()
+
+        return fn
+
+    async def main() -> list[tuple[tuple[int, int], float]]:
+        batcher = MicroBatcher([worker(0), worker(1)], max_batch=2, max_wait=0.0)
+        assert batcher.workers == 2
+        batcher.start()
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(batcher.submit(i) for i in range(8))), timeout=20
+            )
+        finally:
+            await batcher.close()
+
+    results = run(main())
+    assert [i for (_, i), _ in results] == list(range(8))
+    # Both workers took batches, and each batch was answered by the worker that ran it.
+    assert {w for (w, _), _ in results} == {0, 1}
+    assert all(seen[w] for w in (0, 1))
+
+
+def test_with_every_worker_busy_newcomers_make_the_next_batch() -> None:
+    sizes: list[int] = []
+    release = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher([slow, slow], max_batch=16, max_wait=0.0)
+        batcher.on_batch = lambda size, seconds: sizes.append(size)
+        batcher.start()
+        try:
+            # Two lone requests occupy both workers; the five that come while they run share
+            # the next batch.
+            first = []
+            for i in (0, 1):
+                first.append(asyncio.ensure_future(batcher.submit(i)))
+                await asyncio.sleep(0.05)
+            rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(2, 7)]
+            await asyncio.sleep(0.05)
+            release.set()
+            results = await asyncio.wait_for(asyncio.gather(*first, *rest), timeout=10)
+            assert [r for r, _ in results] == list(range(7))
+        finally:
+            await batcher.close()
+
+    run(main())
+    assert sorted(sizes) == [1, 1, 5]
