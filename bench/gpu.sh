@@ -5,7 +5,8 @@
 #      build has it) TensorRT providers at batch 1/8/32, fp32 and fp16: images/s, and the cosine
 #      of fp16 against fp32 and of each provider against the CPU;
 #   2. bench/service.py --device cuda: raw onnxruntime, `whaleid serve` over HTTP at concurrency
-#      1/8/32 and the seed-style torch loop;
+#      1/8/32 with one and with two embedding workers (is a second copy of the models worth
+#      its memory on a GPU? the service's GPU default is one) and the seed-style torch loop;
 #   3. one table, OUT/gpu.md, naming the device (and OUT/models.json, OUT/service.txt).
 #
 # usage: bash bench/gpu.sh [--bundle B --run R [--run R2 ...] --detector-run D --catalogue C]
@@ -83,7 +84,8 @@ timeout 240 "$PY" -m bench.gpu_models --bundle "$BUNDLE" --providers "${PROVIDER
 
 service_status=0
 timeout 270 "$PY" -m bench.service "${SERVICE_ARGS[@]}" --device "$DEVICE" \
-    --concurrency 1 8 32 "${SERVICE_MODE[@]}" >"$OUT/service.txt" || service_status=$?
+    --concurrency 1 8 32 --embed-workers 1 2 "${SERVICE_MODE[@]}" >"$OUT/service.txt" \
+    || service_status=$?
 
 {
     echo "# bench/gpu.sh — $(date -u '+%Y-%m-%d %H:%M') UTC"

@@ -9,7 +9,9 @@ run, each photo starting from its JPEG bytes in memory:
     session option that matters on a small CPU (the service turns it off);
 (b) service: `whaleid serve` in a subprocess (WHALEID_* settings, a SQLite gallery of the
     catalogue's gallery photos, an API key made for the run), real multipart POST /identify
-    over HTTP with httpx, at concurrency 1 and 8;
+    over HTTP at concurrency 1 and 8, from a lean client (bench/loadgen.py: each photo's body
+    encoded once, keep-alive connections) so that the client, on the same cores, takes as
+    little of them as it can; `--clients lean httpx` adds rows from httpx;
 (c) seed-style: what the Happywhale notebooks did per photo: the ultralytics detector and the
     torch embedders in eager mode, PIL and torch tensor preprocessing one photo at a time, an
     IndexFlatIP search and the seeds' pandas ranking (bench/ranking.py's `seed_ranking`).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
 import sys
@@ -63,6 +66,7 @@ from app.preprocess import (
     pad_box,
 )
 from app.sessions import open_session, resolve_providers
+from bench.loadgen import LeanClient, multipart
 from bench.server import ServeProcess, ServerFailed, serve_env
 from gallery.keypoints import StoredFeatures
 from gallery.rank import NEW, NEW_INDIVIDUAL, rank
@@ -364,39 +368,79 @@ def fill_gallery(url: str, pipeline: Pipeline, gallery: GalleryData) -> None:
         g.import_images(items)
 
 
+class Poster:
+    """POST /identify of one photo, timed, from any thread: `lean` (bench/loadgen.py: bodies
+    encoded ahead, keep-alive http.client) keeps the client's CPU off the cores the service
+    runs on; `httpx` builds each request as an application would."""
+
+    def __init__(
+        self, server: Server, queries: Sequence[BenchPhoto], client: str, connections: int
+    ) -> None:
+        headers = {"X-API-Key": server.key}
+        self.fields = {"top_k": str(TOP_K)}
+        self.lean: LeanClient | None = None
+        self.httpx: httpx.Client | None = None
+        if client == "lean":
+            self.lean = LeanClient(server.url, headers)
+            self.bodies = {
+                p.image: multipart(self.fields, [("image", p.image, p.content, "image/jpeg")])
+                for p in queries
+            }
+        else:
+            limits = httpx.Limits(
+                max_connections=connections, max_keepalive_connections=connections
+            )
+            self.httpx = httpx.Client(
+                base_url=server.url, headers=headers, timeout=120, limits=limits
+            )
+
+    def __call__(self, photo: BenchPhoto) -> tuple[float, str, dict[str, float]]:
+        """Milliseconds from send to parsed answer, its top-1 and the service's timing_ms."""
+        t0 = time.perf_counter()
+        if self.lean is not None:
+            status, content = self.lean.post("/identify", self.bodies[photo.image])
+        else:
+            assert self.httpx is not None
+            response = self.httpx.post(
+                "/identify",
+                files={"image": (photo.image, photo.content, "image/jpeg")},
+                data=self.fields,
+            )
+            status, content = response.status_code, response.content
+        body = json.loads(content)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if status != 200:
+            raise SystemExit(f"POST /identify: {status} {content[:300]!r}")
+        return elapsed, body["predictions"][0]["individual_id"], body["timing_ms"]
+
+    def close(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
+        if self.httpx is not None:
+            self.httpx.close()
+
+
 def time_http(
     server: Server,
     queries: Sequence[BenchPhoto],
     repeat: int,
     concurrency: int,
     *,
+    client: str = "lean",
     key: str | None = None,
     name: str | None = None,
 ) -> Measure:
     """POST /identify for every query (`repeat` passes) from `concurrency` client threads."""
-
-    def post(client: httpx.Client, photo: BenchPhoto) -> tuple[float, str, dict[str, float]]:
-        t0 = time.perf_counter()
-        response = client.post(
-            "/identify",
-            files={"image": (photo.image, photo.content, "image/jpeg")},
-            data={"top_k": str(TOP_K)},
-        )
-        elapsed = (time.perf_counter() - t0) * 1000
-        if response.status_code != 200:
-            raise SystemExit(f"POST /identify: {response.status_code} {response.text[:300]}")
-        body = response.json()
-        return elapsed, body["predictions"][0]["individual_id"], body["timing_ms"]
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"X-API-Key": server.key}
+    post = Poster(server, queries, client, concurrency)
     work = [p for _ in range(repeat) for p in queries]
-    client = httpx.Client(base_url=server.url, headers=headers, timeout=120, limits=limits)
-    with client, ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda p: post(client, p), queries[:concurrency]))  # warm-up
-        start = time.perf_counter()
-        answers = list(pool.map(lambda p: post(client, p), work))
-        wall = time.perf_counter() - start
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(post, queries[:concurrency]))  # warm-up
+            start = time.perf_counter()
+            answers = list(pool.map(post, work))
+            wall = time.perf_counter() - start
+    finally:
+        post.close()
     return Measure(
         key or f"service_c{concurrency}",
         name or f"(b) service, HTTP, concurrency {concurrency}",
@@ -405,6 +449,44 @@ def time_http(
         top1=[top for _, top, _ in answers[: len(queries)]],
         server_ms=[timing for _, _, timing in answers],
     )
+
+
+def time_interleaved(
+    server: Server,
+    raw: Raw,
+    queries: Sequence[BenchPhoto],
+    repeat: int,
+    *,
+    suffix: str = "",
+    name: str = "(b) service, HTTP, concurrency 1",
+) -> tuple[Measure, Measure]:
+    """(a) and (b) at concurrency 1 in turns, photo by photo: raw, then the same photo through
+    the service. A shared host's speed drifts by tens of percent between the minutes that
+    separate two sequential rows; taken in turns, both rows see the same host."""
+    post = Poster(server, queries, "lean", 1)
+    pair = (
+        Measure(f"raw_turns{suffix}", "(a) raw onnxruntime, in turns with the row below"),
+        Measure(f"service_c1_turns{suffix}", f"{name}, in turns with (a)"),
+    )
+    try:
+        raw(queries[0]), post(queries[0])  # warm-up
+        for round_ in range(repeat):
+            for photo in queries:
+                t0 = time.perf_counter()
+                top1 = raw(photo)
+                pair[0].latencies_ms.append((time.perf_counter() - t0) * 1000)
+                ms, served, timing = post(photo)
+                pair[1].latencies_ms.append(ms)
+                pair[1].server_ms.append(timing)
+                if round_ == 0:
+                    pair[0].top1.append(top1)
+                    pair[1].top1.append(served)
+    finally:
+        post.close()
+    for measure in pair:
+        # Each row's own time: images/s is then one photo over its mean latency.
+        measure.wall_s = sum(measure.latencies_ms) / 1000
+    return pair
 
 
 # (c) ------------------------------------------------------------------------------------------
@@ -562,6 +644,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the bundle re-ranks: a (b′) row at concurrency 1 per shortlist size B "
         "(default 10 20 40); the (b) rows then run with re-ranking off",
     )
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        choices=["lean", "httpx"],
+        default=["lean"],
+        help="HTTP clients of the (b) rows (default lean: bodies encoded ahead, keep-alive "
+        "http.client, so the client takes little of the cores it shares with the service; "
+        "httpx: each request built as an application would, a row per concurrency)",
+    )
+    parser.add_argument(
+        "--embed-workers",
+        type=int,
+        nargs="+",
+        help="(b) rows for each WHALEID_EMBED_WORKERS value, side by side (default: one set of "
+        "rows at the service's default)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="passes over the queries")
     parser.add_argument("--limit", type=int, help="at most this many queries")
     parser.add_argument(
@@ -583,13 +681,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure_raw(
-    bundle: Path, gallery: GalleryData, device: str, queries: Sequence[BenchPhoto], repeat: int
+    raw_model: Raw,
+    bundle: Path,
+    gallery: GalleryData,
+    device: str,
+    queries: Sequence[BenchPhoto],
+    repeat: int,
 ) -> tuple[Measure, Measure]:
     """(a) the bundle's models called back to back, and (a′) the same with spinning on."""
     log("(a) raw onnxruntime")
-    raw = time_serial(
-        "raw", "(a) raw onnxruntime, back to back", Raw(bundle, gallery, device), queries, repeat
-    )
+    raw = time_serial("raw", "(a) raw onnxruntime, back to back", raw_model, queries, repeat)
     spinning = time_serial(
         "raw_spin",
         "(a′) the same, onnxruntime's default intra-op spinning on",
@@ -625,6 +726,53 @@ def measure_seed(
         torch.set_num_threads(threads)  # the test suite's process goes on with its own setting
 
 
+@dataclass(frozen=True)
+class ServeSetup:
+    """One `whaleid serve` configuration of the (b) rows, and the rows measured on it."""
+
+    shortlist: int | None  # re-ranking shortlist B; None: global ranking only
+    workers: int | None  # WHALEID_EMBED_WORKERS; None: the service's default
+    concurrencies: list[int]
+    clients: list[str]
+
+    def env(self, reranks: bool) -> dict[str, str]:
+        extra = {}
+        if reranks:
+            extra["WHALEID_RERANK_SHORTLIST"] = str(self.shortlist or 0)
+        if self.workers is not None:
+            extra["WHALEID_EMBED_WORKERS"] = str(self.workers)
+        return extra
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.workers is None else f"_w{self.workers}"
+
+    def key(self, client: str, concurrency: int) -> str:
+        """service_c8, service_c8_w1, service_c8_httpx, rerank_b20."""
+        if self.shortlist is not None:
+            return f"rerank_b{self.shortlist}"
+        return f"service_c{concurrency}{self.suffix}" + ("" if client == "lean" else f"_{client}")
+
+    def name(self, client: str, concurrency: int) -> str:
+        if self.shortlist is not None:
+            return f"(b′) service, re-ranking B = {self.shortlist}, concurrency {concurrency}"
+        name = f"(b) service, HTTP, concurrency {concurrency}"
+        if self.workers is not None:
+            name += f", {self.workers} embedding worker{'s' if self.workers > 1 else ''}"
+        return name + ("" if client == "lean" else f", {client} client")
+
+
+def serve_setups(args: argparse.Namespace, reranks: bool) -> list[ServeSetup]:
+    """The global rows (each --embed-workers value), then a re-ranking row per shortlist."""
+    setups = [
+        ServeSetup(None, workers, list(args.concurrency), list(args.clients))
+        for workers in args.embed_workers or [None]
+    ]
+    if reranks:
+        setups += [ServeSetup(b, None, [1], list(args.clients[:1])) for b in args.shortlists]
+    return setups
+
+
 def measure_service(
     args: argparse.Namespace,
     bundle: Path,
@@ -632,36 +780,45 @@ def measure_service(
     gallery: GalleryData,
     queries: Sequence[BenchPhoto],
     repeat: int,
+    raw: Raw,
 ) -> list[Measure]:
-    """(b) `whaleid serve` over HTTP, at each concurrency (global ranking only), and (b′)
-    with local re-ranking of B shortlisted photos, at concurrency 1, for each B."""
+    """(b) `whaleid serve` over HTTP, at each concurrency (global ranking only), then at
+    concurrency 1 in turns with (a) `raw`; and (b′) with local re-ranking of B shortlisted
+    photos, at concurrency 1, for each B."""
     rows = []
     reranks = pipeline.manifest.rerank is not None
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         db = args.gallery or Path(tmp) / "gallery.db"
         fill_gallery(f"sqlite:///{db.resolve()}", pipeline, gallery)
-        settings = [("0", args.concurrency)] if reranks else [(None, args.concurrency)]
-        settings += [(str(b), [1]) for b in (args.shortlists if reranks else [])]
-        for shortlist, concurrencies in settings:
-            extra = {} if shortlist is None else {"WHALEID_RERANK_SHORTLIST": shortlist}
+        for setup in serve_setups(args, reranks):
+            extra = setup.env(reranks)
             log(f"(b) starting whaleid serve {extra}")
             server = Server(bundle, db, Path(tmp), args.device, **extra)
             try:
                 server.start()
-                for concurrency in concurrencies:
-                    log(f"(b) concurrency {concurrency}")
-                    rerank = shortlist not in (None, "0")
-                    rows.append(
-                        time_http(
-                            server,
-                            queries,
-                            repeat,
-                            concurrency,
-                            key=f"rerank_b{shortlist}" if rerank else None,
-                            name=f"(b′) service, re-ranking B = {shortlist}, concurrency 1"
-                            if rerank
-                            else None,
+                for client in setup.clients:
+                    for concurrency in setup.concurrencies:
+                        log(f"(b) {setup.name(client, concurrency)}")
+                        rows.append(
+                            time_http(
+                                server,
+                                queries,
+                                repeat,
+                                concurrency,
+                                client=client,
+                                key=setup.key(client, concurrency),
+                                name=setup.name(client, concurrency),
+                            )
                         )
+                if setup.shortlist is None and 1 in setup.concurrencies:
+                    log(f"(a) and {setup.name('lean', 1)}, in turns")
+                    rows += time_interleaved(
+                        server,
+                        raw,
+                        queries,
+                        repeat,
+                        suffix=setup.suffix,
+                        name=setup.name("lean", 1),
                     )
             except ServerFailed as exc:
                 raise SystemExit(str(exc)) from exc
@@ -689,9 +846,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     pipeline = Pipeline.from_bundle(inputs.bundle, providers=[args.device])
     gallery = GalleryData(pipeline, gallery_photos)
-    raw, spinning = measure_raw(inputs.bundle, gallery, args.device, queries, repeat)
+    raw_model = Raw(inputs.bundle, gallery, args.device)
+    raw, spinning = measure_raw(raw_model, inputs.bundle, gallery, args.device, queries, repeat)
     seed_row, seed_threads = measure_seed(args, inputs, manifest, gallery, queries, repeat)
-    service = measure_service(args, inputs.bundle, pipeline, gallery, queries, repeat)
+    service = measure_service(args, inputs.bundle, pipeline, gallery, queries, repeat, raw_model)
     rows = [raw, spinning, *service, seed_row]
     truth = [
         NEW_INDIVIDUAL if p.individual_id not in gallery.individuals else p.individual_id
@@ -699,15 +857,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     correct = sum(a == t for a, t in zip(raw.top1, truth, strict=True)) / len(queries)
     ratios = {}
+    turns = {row.key: row for row in service if "turns" in row.key}
     for row in service:
         if row.key.startswith("rerank_"):
             ratios[f"{row.key}/service_c1"] = row.images_per_s / service[0].images_per_s
-    for row, concurrency in zip(service, args.concurrency, strict=False):
-        ratios[f"service_c{concurrency}/raw"] = row.images_per_s / raw.images_per_s
-        ratios[f"service_c{concurrency}/seed"] = row.images_per_s / seed_row.images_per_s
-        ratios[f"service_c{concurrency}/raw_spin"] = row.images_per_s / spinning.images_per_s
+            continue
+        if row.key.startswith("raw_turns"):
+            continue
+        if row.key.startswith("service_c1_turns"):
+            partner = turns[row.key.replace("service_c1_turns", "raw_turns")]
+            ratios[f"{row.key}/{partner.key}"] = row.images_per_s / partner.images_per_s
+            continue
+        ratios[f"{row.key}/raw"] = row.images_per_s / raw.images_per_s
+        ratios[f"{row.key}/seed"] = row.images_per_s / seed_row.images_per_s
+        ratios[f"{row.key}/raw_spin"] = row.images_per_s / spinning.images_per_s
     describe(args, manifest, gallery, seed_threads, len(gallery_photos), len(queries), repeat)
-    report(rows, service, ratios, args.concurrency, correct, len(queries))
+    report(rows, service, ratios, correct, len(queries))
     return {
         "rows": {row.key: row.summary() for row in rows},
         "ratios": ratios,
@@ -754,11 +919,11 @@ def report(
     rows: Sequence[Measure],
     service: Sequence[Measure],
     ratios: dict[str, float],
-    concurrencies: Sequence[int],
     correct: float,
     queries: int,
 ) -> None:
     """The table, where a request's time goes inside the service, the ratios, the agreement."""
+    raw = rows[0]
     print("| pipeline | images | images/s | p50 ms | p95 ms |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for row in rows:
@@ -768,21 +933,31 @@ def report(
             f"{s['p50_ms']:.1f} | {s['p95_ms']:.1f} |"
         )
     for row in service:
+        if not row.server_ms:
+            continue  # an (a) row taken in turns with a (b) row
         # Where a request's time goes inside the service (its own timing_ms), against the
         # client's view: the rest is HTTP, multipart parsing and the event loop.
         stages = {k: np.median([t[k] for t in row.server_ms]) for k in row.server_ms[0]}
         inside = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
         print(f"{row.key}: median ms inside the service: {inside}")
-    for concurrency in concurrencies:
-        print(
-            f"concurrency {concurrency}: (b)/(a) = {ratios[f'service_c{concurrency}/raw']:.2f}, "
-            f"(b)/(c) = {ratios[f'service_c{concurrency}/seed']:.2f}, "
-            f"(b)/(a′) = {ratios[f'service_c{concurrency}/raw_spin']:.2f}  (images/s)"
-        )
+    for row in service:
+        if row.key.startswith("service_c1_turns"):
+            partner = next(r for r in service if r.key == row.key.replace("service_c1", "raw"))
+            print(
+                f"{row.key}: (b)/(a) in turns = {ratios[f'{row.key}/{partner.key}']:.2f} "
+                f"(images/s); p50 (b) − (a) = "
+                f"{row.percentile(50) - partner.percentile(50):+.1f} ms"
+            )
+        if f"{row.key}/raw" in ratios:
+            print(
+                f"{row.key}: (b)/(a) = {ratios[f'{row.key}/raw']:.2f}, "
+                f"(b)/(c) = {ratios[f'{row.key}/seed']:.2f}, "
+                f"(b)/(a′) = {ratios[f'{row.key}/raw_spin']:.2f}  (images/s); "
+                f"p50 (b) − (a) = {row.percentile(50) - raw.percentile(50):+.1f} ms"
+            )
     for key, ratio in ratios.items():
         if key.startswith("rerank_"):
             print(f"{key.split('/')[0]}: images/s against the global service at c1 = {ratio:.2f}")
-    raw = rows[0]
     pairs = ", ".join(f"{row.key} {agreement([raw, row]):.0%}" for row in rows[1:])
     print(
         f"same top-1 as (a): {pairs}; in all rows on {agreement(rows):.0%} of {queries} "

@@ -60,3 +60,7 @@ def test_gpu_script_cpu_fallback(
     assert fp16 and all(float(line.split("|")[7]) > 0.99 for line in fp16)
     for concurrency in (1, 8, 32):
         assert f"concurrency {concurrency}" in table
+    # One and two embedding workers side by side, and concurrency 1 in turns with the raw models.
+    for workers in ("1 embedding worker", "2 embedding workers"):
+        assert f"concurrency 32, {workers}" in table
+        assert f"concurrency 1, {workers}, in turns with (a)" in table

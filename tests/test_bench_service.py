@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "service.py"
 # Run first in the suite (alphabetically), this test may pay for the whole `bundle` setup: two
 # tiny runs, the detector and the export, 45 min at worst on a loaded 2-core host.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
-ROWS = {"raw", "raw_spin", "service_c1", "service_c8", "seed"}
+ROWS = {"raw", "raw_spin", "service_c1", "service_c8", "raw_turns", "service_c1_turns", "seed"}
 
 
 def test_service_bench_quick(
@@ -44,14 +44,15 @@ def test_service_bench_quick(
         assert row["images_per_s"] > 0 and 0 < row["p50_ms"] <= row["p95_ms"]
     assert set(result["ratios"]) == {
         f"service_c{c}/{row}" for c in (1, 8) for row in ("raw", "raw_spin", "seed")
-    }
+    } | {"service_c1_turns/raw_turns"}
     # The service answers with the raw models' exact embeddings and ranking: the same top-1.
     assert result["agreement_with_raw"]["raw_spin"] == 1.0
     assert result["agreement_with_raw"]["service_c1"] == 1.0
     assert result["agreement_with_raw"]["service_c8"] == 1.0
+    assert result["agreement_with_raw"]["service_c1_turns"] == 1.0
     # torch against onnxruntime, ultralytics' letterbox against the ONNX detector's: a box or
     # a near tie may differ (6 of 160 queries in the full run), so "most", not all.
     assert result["agreement_with_raw"]["seed"] >= 4 / queries
     out = capsys.readouterr().out
     assert "| pipeline | images | images/s | p50 ms | p95 ms |" in out
-    assert "(b)/(a) = " in out and "(b)/(c) = " in out
+    assert "(b)/(a) = " in out and "(b)/(c) = " in out and "(b)/(a) in turns = " in out
