@@ -8,9 +8,12 @@ own app from the same environment (`app.main:create_app`, a factory), loading it
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
+
+import uvicorn
 
 from app.manifest import Manifest
 from app.sessions import resolve_providers
@@ -46,10 +49,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    import uvicorn
-
     overrides = {
         "bundle": args.bundle,
         "gallery": args.gallery,

@@ -20,8 +20,20 @@ import sys
 import time
 from pathlib import Path
 
+from app.commands import gallery as gallery_command
+from app.commands import serve as serve_command
+from app.keys import add_key
+from app.manifest import Manifest
 from gallery.catalogue import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, read_catalogue
 from gallery.errors import WhaleidError
+from training.config import load_config
+from training.detector import train as detector_training
+from training.detector.dataset import read_photos
+from training.detector.narrow import cpu_recipe, narrow_model_yaml
+from training.detector.run import RUN_FILE
+from training.export import MatcherOptions, export_bundle
+from training.loop import train
+from training.synth import make_catalogue as synth
 
 __all__ = ["build_parser", "run"]
 
@@ -62,7 +74,6 @@ def _done(start: float) -> None:
 
 
 def make_catalogue(out: Path) -> Path:
-    from training.synth import make_catalogue as synth
 
     folder = out / "catalogue"
     if not (folder / "train.csv").is_file():
@@ -96,8 +107,6 @@ def split_gallery(catalogue: Path, out: Path) -> tuple[Path, list[Path]]:
 
 
 def train_embedder(catalogue: Path, out: Path) -> Path:
-    from training.config import load_config
-    from training.loop import train
 
     run_dir = out / "runs" / "embedder"
     if not (run_dir / "evaluation.json").is_file():
@@ -109,22 +118,18 @@ def train_embedder(catalogue: Path, out: Path) -> Path:
 
 
 def train_detector(catalogue: Path, out: Path) -> Path:
-    from training.detector.dataset import read_photos
-    from training.detector.narrow import cpu_recipe, narrow_model_yaml
-    from training.detector.run import RUN_FILE
-    from training.detector.train import train_detector as train
 
     run_dir = out / "runs" / "detector"
     if not (run_dir / RUN_FILE).is_file():
         start = _step(f"tiny fin detector → {run_dir}")
         model_yaml = narrow_model_yaml(out / "runs")
-        train(catalogue, run_dir, cpu_recipe(model_yaml, len(read_photos(catalogue))))
+        recipe = cpu_recipe(model_yaml, len(read_photos(catalogue)))
+        detector_training.train_detector(catalogue, run_dir, recipe)
         _done(start)
     return run_dir
 
 
 def export(embedder: Path, detector: Path, out: Path) -> Path:
-    from training.export import MatcherOptions, export_bundle
 
     bundle = out / "bundle"
     if not (bundle / "manifest.json").is_file():
@@ -140,23 +145,19 @@ def export(embedder: Path, detector: Path, out: Path) -> Path:
 
 
 def import_gallery(bundle: Path, catalogue: Path, out: Path) -> Path:
-    from app.commands import gallery
 
     db = out / "gallery.db"
     if not db.is_file():
         start = _step(f"gallery import → {db}")
-        args = gallery.build_parser("whaleid gallery").parse_args(
+        args = gallery_command.build_parser("whaleid gallery").parse_args(
             ["--gallery", str(db), "import", "--bundle", str(bundle), "--catalogue", str(catalogue)]
         )
-        gallery.run(args)
+        gallery_command.run(args)
         _done(start)
     return db
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.commands import serve
-    from app.keys import add_key
-    from app.manifest import Manifest
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -204,4 +205,4 @@ fin among the five, often just below new_individual, whose threshold
     if args.no_serve:
         print("serve it with:\n  whaleid serve " + shlex.join(serve_args))
         return 0
-    return serve.run(serve.build_parser("whaleid serve").parse_args(serve_args))
+    return serve_command.run(serve_command.build_parser("whaleid serve").parse_args(serve_args))
