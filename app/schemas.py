@@ -218,6 +218,9 @@ class Readiness(BaseModel):
     model: str | None = Field(None, description="the bundle's fingerprint")
     providers: list[str] = Field(default_factory=list, description="onnxruntime providers in use")
     gallery_size: int | None = Field(None, description="images in the search index")
+    embed_workers: int = Field(
+        1, description="copies of the models embedding batches side by side (WHALEID_EMBED_WORKERS)"
+    )
     rerank: str = Field(
         "off",
         description="local-feature re-ranking: `off`, or the method and shortlist in use, "

@@ -204,6 +204,8 @@ def test_health_ready_metrics_and_docs(service: Server) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready" and ready["gallery_size"] >= GALLERY_INDIVIDUALS
+        # On the CPU provider alone the service runs two copies of the models by default.
+        assert ready["providers"] == ["CPUExecutionProvider"] and ready["embed_workers"] == 2
         metrics = client.get("/metrics").text
         missing = client.get("/no/such/path")
         schema = client.get("/openapi.json").json()

@@ -34,6 +34,7 @@ async def readyz(request: Request) -> Readiness:
         model=engine.pipeline.fingerprint,
         providers=engine.providers,
         gallery_size=engine.gallery.size,
+        embed_workers=engine.batcher.workers,
         rerank=engine.rerank_status,
     )
 
