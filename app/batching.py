@@ -105,47 +105,54 @@ class MicroBatcher(Generic[T, R]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._queue is not None:
+            queued = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+            _fail(queued, BatcherClosedError("the service is shutting down"))
         # Batches already running finish and answer their requests.
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        if self._queue is not None:
-            while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if not job.future.done():
-                    job.future.set_exception(BatcherClosedError("the service is shutting down"))
         self._executor.shutdown(wait=True)
 
     async def _collect(self) -> None:
         assert self._queue is not None and self._free is not None
-        loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
-            # While every worker is busy, newcomers queue behind `first`: the next batch.
-            worker = await self._free.get()
-            batch = [first]
-            self._take_waiting(batch)
-            steady = self._last_size > 1 and loop.time() - self._last_end <= self.max_wait
-            if steady:
-                # Expect as many as last time, for at most max_wait.
-                expected = min(self._last_size, self.max_batch)
-                deadline = loop.time() + self.max_wait
-                while len(batch) < expected:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                    except TimeoutError:
-                        break
-                    self._take_waiting(batch)
+            batch = [await self._queue.get()]
+            try:
+                # While every worker is busy, newcomers queue behind it: the next batch.
+                worker = await self._free.get()
+                await self._gather(batch)
+            except asyncio.CancelledError:
+                # Closing: the jobs held here are in no queue that close() could drain.
+                _fail(batch, BatcherClosedError("the service is shutting down"))
+                raise
             # Requests whose clients went away are not worth the models' time.
             batch = [job for job in batch if not job.future.done()]
             if not batch:
                 self._free.put_nowait(worker)
                 continue
-            task = loop.create_task(self._run(batch, worker))
+            task = asyncio.get_running_loop().create_task(self._run(batch, worker))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    async def _gather(self, batch: list[_Job[T, R]]) -> None:
+        """Add what is queued to `batch`; under steady load, wait for as many as last time,
+        for at most max_wait."""
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        self._take_waiting(batch)
+        if not (self._last_size > 1 and loop.time() - self._last_end <= self.max_wait):
+            return
+        expected = min(self._last_size, self.max_batch)
+        deadline = loop.time() + self.max_wait
+        while len(batch) < expected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                return
+            self._take_waiting(batch)
 
     def _take_waiting(self, batch: list[_Job[T, R]]) -> None:
         """Add what is already queued, without yielding, up to max_batch."""
@@ -164,9 +171,7 @@ class MicroBatcher(Generic[T, R]):
             outcomes = await loop.run_in_executor(self._executor, self._call, batch, worker)
         except BaseException as exc:
             # Cancelled at shutdown, or the executor is gone: the batch's requests learn of it.
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(BatcherClosedError(f"the batch did not run: {exc}"))
+            _fail(batch, BatcherClosedError(f"the batch did not run: {exc!r}"))
             raise
         finally:
             self._free.put_nowait(worker)
@@ -209,3 +214,10 @@ class MicroBatcher(Generic[T, R]):
 @dataclass(frozen=True)
 class _Failed:
     error: Exception
+
+
+def _fail(jobs: list[_Job[T, R]], error: Exception) -> None:
+    """Answer every job not yet answered with `error`."""
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)

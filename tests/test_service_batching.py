@@ -195,3 +195,31 @@ def test_with_every_worker_busy_newcomers_make_the_next_batch() -> None:
 
     run(main())
     assert sorted(sizes) == [1, 1, 5]
+
+
+def test_closing_answers_every_request_the_batch_in_flight_finishes() -> None:
+    release = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        release.wait(10)
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher(slow, max_batch=4, max_wait=0.0)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.05)
+        # The only worker is busy: 2 is held by the collector, 3 and 4 wait in the queue.
+        held = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3, 4)]
+        await asyncio.sleep(0.05)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.05)
+        # Nobody is left waiting for a batch that will never run ...
+        outcomes = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 2)
+        assert all(isinstance(o, BatcherClosedError) for o in outcomes)
+        # ... and the batch already running still answers its request.
+        release.set()
+        await asyncio.wait_for(closing, 5)
+        assert (await running)[0] == 1
+
+    run(main())
