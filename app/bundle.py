@@ -37,12 +37,18 @@ class Bundle:
 
 
 def load_bundle(
-    bundle_dir: Path | str, providers: Sequence[str] | None = None, *, spinning: bool = False
+    bundle_dir: Path | str,
+    providers: Sequence[str] | None = None,
+    *,
+    spinning: bool = False,
+    manifest: Manifest | None = None,
 ) -> Bundle:
     """Read, verify and open the bundle in `bundle_dir` on `providers` (None: best available);
-    `spinning` as in `app.sessions.open_session`."""
+    `spinning` as in `app.sessions.open_session`. `manifest`: the bundle's manifest, already
+    read and verified (another copy of the same models), so its files are not hashed again."""
     bundle_dir = Path(bundle_dir)
-    manifest = Manifest.read(bundle_dir, verify=True)
+    if manifest is None:
+        manifest = Manifest.read(bundle_dir, verify=True)
     chosen = resolve_providers(providers)
     embedders = [
         OnnxEmbedder(bundle_dir / spec.file, spec, chosen, spinning=spinning)

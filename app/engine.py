@@ -158,7 +158,10 @@ class Engine:
         workers = settings.embed_workers or default_workers(providers)
         pipelines = [pipeline] + [
             Pipeline.from_bundle(
-                settings.bundle, settings.providers, spinning=settings.intra_op_spinning
+                settings.bundle,
+                settings.providers,
+                spinning=settings.intra_op_spinning,
+                manifest=manifest,
             )
             for _ in range(workers - 1)
         ]

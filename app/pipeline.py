@@ -42,10 +42,16 @@ class Pipeline:
 
     @classmethod
     def from_bundle(
-        cls, bundle_dir: Path, providers: list[str] | None = None, *, spinning: bool = False
+        cls,
+        bundle_dir: Path,
+        providers: list[str] | None = None,
+        *,
+        spinning: bool = False,
+        manifest: Manifest | None = None,
     ) -> Pipeline:
-        """Load and validate the bundle in `bundle_dir` (BundleError when it is not sound)."""
-        return cls(load_bundle(bundle_dir, providers, spinning=spinning))
+        """Load and validate the bundle in `bundle_dir` (BundleError when it is not sound);
+        `manifest`: already read and verified, for a second copy of the same models."""
+        return cls(load_bundle(bundle_dir, providers, spinning=spinning, manifest=manifest))
 
     @property
     def manifest(self) -> Manifest:
