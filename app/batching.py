@@ -13,8 +13,12 @@ less than `max_wait` ago) does it wait, at most `max_wait`, for as many requests
 batch held: closed-loop clients answered together come back a few milliseconds apart, and one
 batch of them costs less than a lone first one followed by the rest.
 
-A batch that raises is retried one item at a time, so each request gets its own result or its
-own exception: one bad item never fails its batch-mates.
+A batch function may answer an item with an exception instead of a result (a photo it refuses):
+that request alone raises it. A batch that raises is retried one item at a time, so each request
+gets its own result or its own exception: one bad item never fails its batch-mates.
+
+`idle` tells a caller whether an item submitted now would run at once and alone, so it can hand
+the worker more of that request's work (the service's lone-photo path: one hand-off, not three).
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class _Job(Generic[T, R]):
     queued: float
 
 
-BatchFn = Callable[[list[T]], Sequence[R]]
+# An item's answer: its result, or the exception its request alone raises.
+BatchFn = Callable[[list[T]], Sequence[R | Exception]]
 
 
 class MicroBatcher(Generic[T, R]):
@@ -74,6 +79,7 @@ class MicroBatcher(Generic[T, R]):
         self._free: asyncio.Queue[int] | None = None  # the workers not running a batch
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._holding = False  # the collector holds jobs it has not handed to a worker yet
         # The load the last batch saw: its size and when it ended (loop time).
         self._last_size = 0
         self._last_end = float("-inf")
@@ -81,6 +87,20 @@ class MicroBatcher(Generic[T, R]):
     @property
     def workers(self) -> int:
         return len(self.fns)
+
+    @property
+    def idle(self) -> bool:
+        """Whether an item submitted now would run at once and alone: a worker free, nothing
+        queued or being gathered, no steady load to wait for. A hint, not a promise: another
+        request may be submitted first and share the batch."""
+        if self._queue is None or self._free is None or self._task is None or self._task.done():
+            return False
+        return (
+            not self._holding
+            and self._queue.empty()
+            and not self._free.empty()
+            and not self._steady()
+        )
 
     def start(self) -> None:
         """Start the collector on the running loop."""
@@ -117,6 +137,7 @@ class MicroBatcher(Generic[T, R]):
         assert self._queue is not None and self._free is not None
         while True:
             batch = [await self._queue.get()]
+            self._holding = True
             try:
                 # While every worker is busy, newcomers queue behind it: the next batch.
                 worker = await self._free.get()
@@ -127,6 +148,7 @@ class MicroBatcher(Generic[T, R]):
                 raise
             # Requests whose clients went away are not worth the models' time.
             batch = [job for job in batch if not job.future.done()]
+            self._holding = False
             if not batch:
                 self._free.put_nowait(worker)
                 continue
@@ -134,13 +156,18 @@ class MicroBatcher(Generic[T, R]):
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _steady(self) -> bool:
+        """Steady load: the last batch held several requests and ended within max_wait."""
+        loop = asyncio.get_running_loop()
+        return self._last_size > 1 and loop.time() - self._last_end <= self.max_wait
+
     async def _gather(self, batch: list[_Job[T, R]]) -> None:
         """Add what is queued to `batch`; under steady load, wait for as many as last time,
         for at most max_wait."""
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         self._take_waiting(batch)
-        if not (self._last_size > 1 and loop.time() - self._last_end <= self.max_wait):
+        if not self._steady():
             return
         expected = min(self._last_size, self.max_batch)
         deadline = loop.time() + self.max_wait
@@ -181,39 +208,34 @@ class MicroBatcher(Generic[T, R]):
         for job, outcome in zip(batch, outcomes, strict=True):
             if job.future.done():
                 continue
-            if isinstance(outcome, _Failed):
-                job.future.set_exception(outcome.error)
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
             else:
                 job.future.set_result((outcome, started - job.queued))
 
-    def _call(self, batch: list[_Job[T, R]], worker: int) -> list[R | _Failed]:
-        """In a worker thread: the batch's results, or, when the batch fails, each item's own."""
+    def _call(self, batch: list[_Job[T, R]], worker: int) -> list[R | Exception]:
+        """In a worker thread: the batch's answers, or, when the batch fails, each item's own."""
         fn = self.fns[worker]
         try:
             return list(self._checked(fn, [job.item for job in batch]))
         except Exception as exc:
             if len(batch) == 1:
-                return [_Failed(exc)]
+                return [exc]
         # Which item broke the batch is unknown: each one alone says.
-        outcomes: list[R | _Failed] = []
+        outcomes: list[R | Exception] = []
         for job in batch:
             try:
                 outcomes += self._checked(fn, [job.item])
             except Exception as exc:
-                outcomes.append(_Failed(exc))
+                outcomes.append(exc)
         return outcomes
 
     @staticmethod
-    def _checked(fn: BatchFn[T, R], items: list[T]) -> Sequence[R]:
+    def _checked(fn: BatchFn[T, R], items: list[T]) -> Sequence[R | Exception]:
         results = fn(items)
         if len(results) != len(items):
             raise RuntimeError(f"batch of {len(items)} gave {len(results)} results")
         return results
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: Exception
 
 
 def _fail(jobs: list[_Job[T, R]], error: Exception) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "decode_image",
     "open_image",
     "photo_info",
+    "quick_to_decode",
 ]
 
 # MPO is how Pillow names the JPEGs many cameras write (a JPEG with extra frames).
@@ -34,6 +35,12 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # Large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling, nearly free) as long as the
 # longer side stays at least this big: more pixels than any detector or embedder input needs.
 DEFAULT_DRAFT_SIDE = 2048
+# A JPEG of at most this many bytes decodes in about 20 ms at most on a 2-core host (measured:
+# 1 MB of noisy 1600x1200, 20 ms; a 24-megapixel camera photo of 8 MB takes 90 ms even
+# DCT-scaled). Other types can take seconds for few bytes: a PNG of one flat colour packs a
+# hundred megapixels into kilobytes.
+QUICK_DECODE_BYTES = 1024 * 1024
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 class UnreadableImageError(WhaleidError):
@@ -90,6 +97,12 @@ def decode_image(
         raise UnreadableImageError(f"{name} is truncated or corrupt ({exc})") from exc
     upright: Image.Image = ImageOps.exif_transpose(img) or img
     return to_rgb(upright)
+
+
+def quick_to_decode(data: bytes) -> bool:
+    """Whether these bytes decode in a bounded, short time: a JPEG of at most
+    QUICK_DECODE_BYTES (decided from the signature, before Pillow reads anything)."""
+    return data.startswith(_JPEG_SIGNATURE) and len(data) <= QUICK_DECODE_BYTES
 
 
 def open_image(path: str | Path, **kwargs: object) -> Image.Image:

@@ -2,14 +2,22 @@
 
 decode (thread pool) → detect + crop + embed every ensemble member (batched; each embedding
 worker has its own copy of the models and runs one batch at a time in its own thread) → search +
-rank (thread pool) → answer. The app's lifespan builds one Engine (`Engine.load`,
-blocking: it opens sessions, restores or builds the index and warms the models up) and closes it
-at shutdown. Routes only call its async methods, so nothing heavy runs on the event loop.
+rank (thread pool) → answer. A lone photo (the batcher idle, a JPEG quick to decode) takes one
+hand-off instead of three: the worker that embeds it also decodes and searches it. Each hand-off
+between the event loop and a thread costs a few hundred microseconds on a small CPU host (the
+threads wake cold), which was most of what the service added to the models at concurrency 1
+(bench/RESULTS.md); under load the steps stay apart, so decoding runs in parallel with the
+batch in flight and searches never hold a worker.
+
+The app's lifespan builds one Engine (`Engine.load`, blocking: it opens sessions, restores or
+builds the index and warms the models up) and closes it at shutdown. Routes only call its async
+methods, so nothing heavy runs on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import io
 import logging
@@ -23,7 +31,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import MicroBatcher
-from app.decode import PhotoInfo, decode_image, photo_info
+from app.decode import PhotoInfo, decode_image, photo_info, quick_to_decode
 from app.encounters import ENCOUNTER_FUSION, encounter_threshold
 from app.metrics import Metrics
 from app.pipeline import Pipeline
@@ -32,7 +40,7 @@ from app.reranker import PairMatches, Reranker
 from app.sessions import default_workers
 from app.settings import Settings
 from app.uploads import Upload
-from gallery.errors import NotFoundError
+from gallery.errors import NotFoundError, WhaleidError
 from gallery.gallery import Gallery
 from gallery.keypoints import LocalFeatures
 from gallery.records import (
@@ -55,14 +63,32 @@ T = TypeVar("T")
 _WARMUP_SIZE = (320, 240)
 
 
+Search = Callable[[np.ndarray], list[Candidate]]
+
+
+@dataclass(frozen=True)
+class PhotoJob:
+    """One photo for an embedding worker. `photo` as an Upload is decoded (and checked) by the
+    worker itself; `local`: the crop's keypoints are wanted; `search`: what the worker then
+    ranks the embedding with (the lone-photo path)."""
+
+    photo: Image.Image | Upload
+    local: bool
+    search: Search | None = None
+
+
 @dataclass(frozen=True)
 class Embedding:
     """One photo through the pipeline: its embedding, its crop and, when the bundle has a
-    matcher, the crop's keypoints (a LocalFeatures of one row)."""
+    matcher, the crop's keypoints (a LocalFeatures of one row); where its job asked the worker
+    to, the candidates found and the milliseconds that decoding and searching took there."""
 
     vector: np.ndarray
     crop: Crop | None
     local: LocalFeatures | None
+    candidates: list[Candidate] | None = None
+    decode_ms: float = 0.0
+    search_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -110,10 +136,10 @@ class Engine:
         self.gallery = gallery
         self.metrics = metrics
         self.ready = False
-        # Items: a photo and whether its crop's keypoints are wanted (extraction costs more
-        # than the embedders: only for re-ranking and for storing with a registration).
-        self.batcher: MicroBatcher[tuple[Image.Image, bool], Embedding] = MicroBatcher(
-            [functools.partial(_embed_batch, p) for p in self.pipelines],
+        # Keypoints are asked for only where needed: extraction costs more than the embedders
+        # (re-ranking, and storing them with a registration).
+        self.batcher: MicroBatcher[PhotoJob, Embedding] = MicroBatcher(
+            [functools.partial(_embed_batch, p, self._decode_upload) for p in self.pipelines],
             max_batch=settings.max_batch,
             max_wait=settings.max_wait_ms / 1000.0,
             on_batch=self._observe_batch,
@@ -191,9 +217,19 @@ class Engine:
             # before /readyz says yes, not on the first user's request.
             photo = Image.new("RGB", _WARMUP_SIZE, (90, 110, 130))
             for copy in pipelines:
-                (first,) = _embed_batch(copy, [(photo, engine.reranker is not None)])
-                _embed_batch(copy, [(photo, False)] * min(settings.max_batch, 4))
-            if engine.reranker is not None and first.local is not None:
+                (first,) = _embed_batch(
+                    copy, engine._decode_upload, [PhotoJob(photo, engine.reranker is not None)]
+                )
+                _embed_batch(
+                    copy,
+                    engine._decode_upload,
+                    [PhotoJob(photo, False)] * min(settings.max_batch, 4),
+                )
+            if (
+                engine.reranker is not None
+                and isinstance(first, Embedding)
+                and first.local is not None
+            ):
                 engine.reranker.matcher.match_many([(first.local, first.local)])
         metrics.track_gallery(lambda: float(engine.gallery.size))
         log.info("ready in %.1f s", time.perf_counter() - started)
@@ -240,22 +276,49 @@ class Engine:
         # calls block, so they run in the thread pool.
         return await run_in_threadpool(fn, *args, **kwargs)
 
+    def _decode_upload(self, upload: Upload) -> Image.Image:
+        """The upright photo; a WhaleidError (4xx) when unreadable or unusable."""
+        name = upload.filename or "image"
+        image = decode_image(
+            upload.content,
+            max_pixels=self.settings.max_pixels,
+            draft_side=self.settings.draft_side,
+            name=name,
+        )
+        check_photo(image, name)
+        return image
+
     async def decode(self, upload: Upload) -> Image.Image:
-        """The upright photo, refused here (4xx) when unreadable or unusable, so that only
-        photos the models can take join a batch with other requests' photos."""
+        """The upright photo, refused here (4xx) when unreadable or unusable, before it joins a
+        batch with other requests' photos."""
+        return await run_in_threadpool(self._decode_upload, upload)
 
-        def decode() -> Image.Image:
-            name = upload.filename or "image"
-            image = decode_image(
-                upload.content,
-                max_pixels=self.settings.max_pixels,
-                draft_side=self.settings.draft_side,
-                name=name,
-            )
-            check_photo(image, name)
-            return image
+    async def _photo(self, upload: Upload) -> Image.Image | Upload:
+        """What a single-photo request hands the batcher: the upload itself where the worker
+        will decode it (a lone photo, quick to decode), else the photo decoded here, in
+        parallel with the batch in flight. A photo that could hold the worker for long (a big
+        PNG) is never the worker's to decode."""
+        if self.batcher.idle and quick_to_decode(upload.content):
+            return upload
+        return await self.decode(upload)
 
-        return await run_in_threadpool(decode)
+    def _search_one(
+        self,
+        vector: np.ndarray,
+        *,
+        top_k: int,
+        threshold: float,
+        species: str | None,
+        viewpoint: str | None,
+    ) -> list[Candidate]:
+        (candidates,) = self.gallery.search(
+            vector[None, :],
+            top_k=top_k,
+            threshold=threshold,
+            species=species,
+            viewpoint=viewpoint,
+        )
+        return candidates
 
     # -- what routes call ---------------------------------------------------------------------
 
@@ -274,13 +337,26 @@ class Engine:
         timing: dict[str, float] = {}
         start = time.perf_counter()
         viewpoint = check_viewpoint(viewpoint)
-        image = await self.decode(upload)
+        photo = await self._photo(upload)
         decoded = time.perf_counter()
-        embedding, waited = await self.batcher.submit((image, self.reranker is not None))
+        reranks = self.reranker is not None
+        # Without re-ranking, a photo the worker decodes is searched there too.
+        search = None
+        if isinstance(photo, Upload) and not reranks:
+            threshold = self._threshold(species, viewpoint)
+            search = functools.partial(
+                self._search_one,
+                top_k=top_k,
+                threshold=threshold,
+                species=species,
+                viewpoint=viewpoint,
+            )
+        embedding, waited = await self.batcher.submit(PhotoJob(photo, reranks, search))
         embedded = time.perf_counter()
-        timing["decode"] = (decoded - start) * 1000
+        in_worker = embedding.decode_ms + embedding.search_ms
+        timing["decode"] = (decoded - start) * 1000 + embedding.decode_ms
         timing["queue"] = waited * 1000
-        timing["embed"] = (embedded - decoded - waited) * 1000
+        timing["embed"] = (embedded - decoded - waited) * 1000 - in_worker
         if self.reranker is not None and embedding.local is not None:
             candidates, threshold = await self._reranked(
                 embedding,
@@ -290,11 +366,14 @@ class Engine:
                 explain=explain,
                 timing=timing,
             )
+        elif embedding.candidates is not None:
+            candidates = embedding.candidates
+            timing["search"] = embedding.search_ms
         else:
-            threshold = self.pipeline.manifest.threshold_for(species, self._searched(viewpoint))
-            (candidates,) = await self._gallery(
-                self.gallery.search,
-                embedding.vector[None, :],
+            threshold = self._threshold(species, viewpoint)
+            candidates = await self._gallery(
+                self._search_one,
+                embedding.vector,
                 top_k=top_k,
                 threshold=threshold,
                 species=species,
@@ -310,6 +389,11 @@ class Engine:
             reranked=self.reranker is not None and embedding.local is not None,
             viewpoint=viewpoint,
         )
+
+    def _threshold(self, species: str | None, viewpoint: str | None) -> float:
+        """The new_individual threshold of a global search (the bundle's, for the size of the
+        gallery searched)."""
+        return self.pipeline.manifest.threshold_for(species, self._searched(viewpoint))
 
     def _searched(self, viewpoint: str | None) -> int:
         """The size of the gallery a query of this viewpoint is searched in: its threshold's."""
@@ -395,7 +479,7 @@ class Engine:
         viewpoint = check_viewpoint(viewpoint)
         images = await _every(self.decode(u) for u in uploads)
         decoded = time.perf_counter()
-        embedded_all = await _every(self.batcher.submit((img, False)) for img in images)
+        embedded_all = await _every(self.batcher.submit(PhotoJob(img, False)) for img in images)
         embedded = time.perf_counter()
         vectors = np.stack([e.vector for e, _ in embedded_all])
         threshold = encounter_threshold(
@@ -442,7 +526,8 @@ class Engine:
         # and nothing is stored.
         images = [await self.decode(u) for u in uploads]
         outcomes = await asyncio.gather(
-            *(self.batcher.submit((img, keypoints)) for img in images), return_exceptions=True
+            *(self.batcher.submit(PhotoJob(img, keypoints)) for img in images),
+            return_exceptions=True,
         )
         # Every photo's outcome is collected before the first failure is raised, so none is
         # left unretrieved; one failure stores nothing.
@@ -584,15 +669,55 @@ def _redact(url: str) -> str:
     return url
 
 
-def _embed_batch(pipeline: Pipeline, items: list[tuple[Image.Image, bool]]) -> list[Embedding]:
-    """One batch through one copy of the models (in its embedding worker's thread)."""
-    images = [image for image, _ in items]
-    wanted = [want for _, want in items]
-    embedded = pipeline.embed(images, local=any(wanted))
+def _embed_batch(
+    pipeline: Pipeline, decode: Callable[[Upload], Image.Image], jobs: list[PhotoJob]
+) -> list[Embedding | Exception]:
+    """One batch through one copy of the models (in its embedding worker's thread): uploads
+    decoded first, each refused alone (its WhaleidError is its answer); the others embedded
+    together; then each job's search, a failure answering only its own request."""
+    decode_ms = [0.0] * len(jobs)
+    photos: list[Image.Image | Exception] = []
+    for i, job in enumerate(jobs):
+        if not isinstance(job.photo, Upload):
+            photos.append(job.photo)
+            continue
+        started = time.perf_counter()
+        try:
+            photos.append(decode(job.photo))
+        except WhaleidError as exc:
+            photos.append(exc)
+        decode_ms[i] = (time.perf_counter() - started) * 1000
+    images = [photo for photo in photos if isinstance(photo, Image.Image)]
+    wanted = any(
+        job.local for job, photo in zip(jobs, photos, strict=True) if isinstance(photo, Image.Image)
+    )
+    embedded = pipeline.embed(images, local=wanted)
     local = embedded.local
-    return [
-        Embedding(vector, crop, None if local is None or not want else local.take([i]))
-        for i, (vector, crop, want) in enumerate(
-            zip(embedded.vectors, embedded.crops, wanted, strict=True)
+    outcomes: list[Embedding | Exception] = []
+    row = 0
+    for job, photo, ms in zip(jobs, photos, decode_ms, strict=True):
+        if isinstance(photo, Exception):
+            outcomes.append(photo)
+            continue
+        embedding = Embedding(
+            embedded.vectors[row],
+            embedded.crops[row],
+            None if local is None or not job.local else local.take([row]),
+            decode_ms=ms,
         )
-    ]
+        outcomes.append(_searched(job.search, embedding))
+        row += 1
+    return outcomes
+
+
+def _searched(search: Search | None, embedding: Embedding) -> Embedding | Exception:
+    """The embedding with its job's search done, or the search's failure."""
+    if search is None:
+        return embedding
+    started = time.perf_counter()
+    try:
+        candidates = search(embedding.vector)
+    except Exception as exc:  # the request's own failure, answered as the pool path would
+        return exc
+    search_ms = (time.perf_counter() - started) * 1000
+    return dataclasses.replace(embedding, candidates=candidates, search_ms=search_ms)

@@ -8,10 +8,12 @@ from fixtures.uploads import bomb_png, encode
 from PIL import Image
 
 from app.decode import (
+    QUICK_DECODE_BYTES,
     ImageTooLargeError,
     UnreadableImageError,
     UnsupportedImageTypeError,
     decode_image,
+    quick_to_decode,
 )
 
 
@@ -94,6 +96,17 @@ def test_large_jpeg_is_draft_decoded() -> None:
     assert max(decode_image(data, draft_side=1000).size) >= 1000
     assert decode_image(data, draft_side=1000).size[0] < 4000
     assert decode_image(data, draft_side=None).size == (4000, 3000)
+
+
+def test_only_jpegs_of_bounded_size_are_quick_to_decode() -> None:
+    """The service lets an embedding worker decode a lone photo only when that is quick."""
+    jpeg = encode(gradient(), "JPEG")
+    assert quick_to_decode(jpeg)
+    # A few KB of PNG can hold a hundred megapixels: never quick, whatever its size.
+    assert not quick_to_decode(bomb_png(20_000, 20_000))
+    assert not quick_to_decode(encode(gradient(), "PNG"))
+    assert not quick_to_decode(jpeg + b"\0" * QUICK_DECODE_BYTES)
+    assert not quick_to_decode(b"")
 
 
 def test_garbage_is_unreadable_with_ultralytics_loaded() -> None:

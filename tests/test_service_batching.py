@@ -223,3 +223,59 @@ def test_closing_answers_every_request_the_batch_in_flight_finishes() -> None:
         assert (await running)[0] == 1
 
     run(main())
+
+
+def test_an_item_answered_with_an_exception_raises_it_alone_without_a_retry() -> None:
+    calls: list[list[int]] = []
+
+    def refuse_negatives(items: list[int]) -> list[int | Exception]:
+        calls.append(items)
+        time.sleep(0.02)  # the rest queue behind the first: one batch of three
+        return [ValueError(f"refused {i}") if i < 0 else 10 * i for i in items]
+
+    async def main() -> list[tuple[int, float] | BaseException]:
+        batcher = MicroBatcher(refuse_negatives, max_batch=8, max_wait=0.0)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(0))
+            await asyncio.sleep(0.005)
+            rest = [batcher.submit(i) for i in (1, -2, 3)]
+            return await asyncio.gather(first, *rest, return_exceptions=True)
+        finally:
+            await batcher.close()
+
+    results = run(main())
+    assert [r[0] for r in results if isinstance(r, tuple)] == [0, 10, 30]
+    assert isinstance(results[2], ValueError) and str(results[2]) == "refused -2"
+    # The refusal was an answer, not a failure: nobody was retried alone.
+    assert calls == [[0], [1, -2, 3]]
+
+
+def test_idle_says_whether_an_item_would_run_at_once_and_alone() -> None:
+    release = threading.Event()
+
+    def held(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    async def main() -> list[bool]:
+        seen = []
+        batcher = MicroBatcher(held, max_batch=8, max_wait=0.05)
+        seen.append(batcher.idle)  # not started
+        batcher.start()
+        seen.append(batcher.idle)  # started, nothing to do
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.02)
+        seen.append(batcher.idle)  # the only worker runs a batch
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]
+        await asyncio.sleep(0.02)
+        release.set()
+        await asyncio.gather(first, *queued)
+        seen.append(batcher.idle)  # the last batch held two and just ended: steady load
+        await asyncio.sleep(0.1)
+        seen.append(batcher.idle)  # max_wait later: idle again
+        await batcher.close()
+        seen.append(batcher.idle)  # closed
+        return seen
+
+    assert run(main()) == [False, True, False, False, True, False]

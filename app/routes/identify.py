@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
-from app.deps import EngineDep, IdentifyAccess, SettingsDep
+from app.deps import EngineDep, IdentifyAccess
 from app.engine import EncounterIdentification, Identification
 from app.errors import ApiError, responses
 from app.preprocess import Crop
@@ -88,7 +88,6 @@ def encounter_response(result: EncounterIdentification, model: str) -> IdentifyR
 async def identify(
     _key: IdentifyAccess,
     engine: EngineDep,
-    settings: SettingsDep,
     image: Annotated[
         list[UploadFile],
         File(
@@ -128,8 +127,10 @@ async def identify(
     are fused across the photos (the mean of its two best), `new_individual` is placed at the
     threshold tuned for encounters of that many photos where the bundle has one, and each
     prediction's evidence names the photo that found it (`evidence.photo`)."""
-    if len(image) > settings.max_encounter:
-        raise ApiError(422, f"image: at most {settings.max_encounter} photos of one encounter")
+    # The settings from the engine, not a dependency: each one FastAPI solves costs every request.
+    max_encounter = engine.settings.max_encounter
+    if len(image) > max_encounter:
+        raise ApiError(422, f"image: at most {max_encounter} photos of one encounter")
     if len(image) == 1:
         uploads = [await read_upload(image[0])]
     else:
