@@ -166,6 +166,35 @@ def test_two_workers_run_two_batches_at_once_each_with_its_own_function() -> Non
     assert all(seen[w] for w in (0, 1))
 
 
+def test_each_worker_runs_on_its_own_thread_for_good() -> None:
+    """A copy of the models always runs on the same thread: after bursts that keep both
+    workers busy, lone requests still find their copy on the thread that ran it before."""
+    threads: list[set[int]] = [set(), set()]
+
+    def worker(index: int):  # type: ignore[no-untyped-def]
+        def fn(items: list[int]) -> list[int]:
+            threads[index].add(threading.get_ident())
+            time.sleep(0.002)
+            return items
+
+        return fn
+
+    async def main() -> None:
+        batcher = MicroBatcher([worker(0), worker(1)], max_batch=2, max_wait=0.0)
+        batcher.start()
+        try:
+            for _ in range(10):
+                await asyncio.gather(*(batcher.submit(i) for i in range(8)))  # a burst
+                for i in range(4):  # then lone requests
+                    await batcher.submit(i)
+        finally:
+            await batcher.close()
+
+    run(main())
+    assert all(len(seen) == 1 for seen in threads), threads
+    assert threads[0] != threads[1]
+
+
 def test_with_every_worker_busy_newcomers_make_the_next_batch() -> None:
     sizes: list[int] = []
     release = threading.Event()
