@@ -48,7 +48,7 @@ def test_a_lone_request_runs_at_once_not_after_max_wait() -> None:
 
     async def main() -> None:
         # Were the lone request held for company, it would wait 30 s: the bound is 5 s.
-        batcher = MicroBatcher(lambda xs: xs, max_batch=64, max_wait=30.0)
+        batcher: MicroBatcher[str, str] = MicroBatcher(lambda xs: xs, max_batch=64, max_wait=30.0)
         batcher.on_batch = lambda size, seconds: sizes.append(size)
         batcher.start()
         try:
@@ -66,7 +66,7 @@ def test_under_steady_load_it_waits_for_as_many_as_last_time() -> None:
     sizes: list[int] = []
 
     async def main() -> None:
-        batcher = MicroBatcher(lambda xs: xs, max_batch=16, max_wait=30.0)
+        batcher: MicroBatcher[int, int] = MicroBatcher(lambda xs: xs, max_batch=16, max_wait=30.0)
         batcher.on_batch = lambda size, seconds: sizes.append(size)
         batcher.start()
         try:
