@@ -145,7 +145,8 @@ class VectorIndex:
         once = np.zeros(len(ids), dtype=bool)
         once[first] = True
         keep = fresh & once
-        ids, vectors = ids[keep], vectors[keep]
+        if not keep.all():  # a mask copies: a gallery opened from its store is all fresh
+            ids, vectors = ids[keep], vectors[keep]
         if len(ids) == 0:
             return 0
         self._grow(int(ids.max()) + 1)
