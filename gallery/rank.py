@@ -56,8 +56,8 @@ def best_per_individual(
     if sims.shape != labels.shape or sims.ndim != 2:
         raise ValueError(f"sims {sims.shape} and labels {labels.shape} must be equal (Q, K)")
     n_queries, k = sims.shape
-    # Gathers index with one row index: np.take_along_axis builds its index arrays on every
-    # call, which cost more than the gathers (12 per query, searched one at a time).
+    # Gathers use one row index: np.take_along_axis builds index arrays on every call, and for
+    # one query (the service's lone photo) that cost more than rank's twelve gathers.
     rows = np.arange(n_queries)[:, None]
     # Sort hits by similarity first: faiss already does, but callers may filter or merge.
     order = np.argsort(-sims, axis=1, kind="stable")
