@@ -357,7 +357,8 @@ class Engine:
         timing["decode"] = (decoded - start) * 1000 + embedding.decode_ms
         timing["queue"] = waited * 1000
         timing["embed"] = (embedded - decoded - waited) * 1000 - in_worker
-        if self.reranker is not None and embedding.local is not None:
+        reranked = reranks and embedding.local is not None
+        if reranked:
             candidates, threshold = await self._reranked(
                 embedding,
                 top_k=top_k,
@@ -386,7 +387,7 @@ class Engine:
             threshold=threshold,
             crop=embedding.crop,
             timing_ms={k: round(v, 2) for k, v in timing.items()},
-            reranked=self.reranker is not None and embedding.local is not None,
+            reranked=reranked,
             viewpoint=viewpoint,
         )
 
