@@ -67,6 +67,20 @@ def test_fp32_parity(exported_bundle: ExportedBundle) -> None:
         print(f"\n{parity.file}: fp32 cosine min {parity.min_cosine:.7f}")
 
 
+def test_embedders_carry_no_shape_arithmetic(exported_bundle: ExportedBundle) -> None:
+    """tf_ backbones pad "same" from the runtime shape; slimmed at export, the pads are the
+    convs' own, and the batch axis stays dynamic."""
+    import onnx
+
+    manifest = exported_bundle.report.manifest
+    for spec in manifest.embedders:
+        graph = onnx.load(str(exported_bundle.path / spec.file)).graph
+        ops = {node.op_type for node in graph.node}
+        assert "Conv" in ops and not ops & {"Shape", "Gather", "Ceil", "Pad"}, spec.file
+        (batch, *_) = graph.input[0].type.tensor_type.shape.dim
+        assert batch.dim_param and not batch.dim_value, spec.file
+
+
 def test_fp16_export(tiny_run: Path, tmp_path: Path) -> None:
     from training.export import export_bundle
 

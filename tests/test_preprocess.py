@@ -29,6 +29,23 @@ def test_normalisation_is_rgb_chw_scaled_and_standardised() -> None:
     np.testing.assert_allclose(arr[:, 0, 0], expected, atol=1e-6)
 
 
+def test_normalisation_is_the_float32_formula_to_the_bit() -> None:
+    """Training and serving normalise with one function: whatever makes it fast, each value is
+    float32 (x / 255 - mean) / std exactly, or stored gallery embeddings would drift."""
+    rng = np.random.default_rng(7)
+    transform = EmbedTransform(input_size=(37, 53))
+    mean = np.asarray(transform.mean, dtype=np.float32)
+    std = np.asarray(transform.std, dtype=np.float32)
+    for mode in ("RGB", "L", "RGBA"):
+        pixels = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+        img = Image.fromarray(pixels).convert(mode)
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+        expected = ((rgb / np.float32(255.0) - mean) / std).transpose(2, 0, 1)
+        actual = transform.normalize(img)
+        assert actual.dtype == np.float32 and actual.flags.c_contiguous
+        np.testing.assert_array_equal(actual, expected)
+
+
 def test_resize_and_batch() -> None:
     transform = EmbedTransform(input_size=(32, 48))
     batch = to_batch([Image.new("RGB", (100, 50)), Image.new("RGB", (7, 9))], transform)
