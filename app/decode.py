@@ -95,8 +95,9 @@ def decode_image(
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{name} is truncated or corrupt ({exc})") from exc
-    upright: Image.Image = ImageOps.exif_transpose(img) or img
-    return to_rgb(upright)
+    # In place: otherwise Pillow copies every photo that is already upright (most of them).
+    ImageOps.exif_transpose(img, in_place=True)
+    return to_rgb(img)
 
 
 def quick_to_decode(data: bytes) -> bool:

@@ -80,13 +80,29 @@ def test_cmyk_palette_alpha_and_16_bit_become_rgb() -> None:
     assert np.asarray(sixteen)[..., 0].max() > 200  # 16-bit range scaled, not clipped to 255
 
 
-def test_exif_orientation_is_applied() -> None:
+# How a camera stores an upright photo under each EXIF orientation (the inverse of what
+# viewers apply): 6 is stored turned 90° anticlockwise, so viewers turn it clockwise.
+_STORED = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORED))
+def test_exif_orientation_is_applied(orientation: int) -> None:
     upright = gradient(64, 48)
     exif = Image.Exif()
-    exif[0x0112] = 6  # stored rotated; viewers turn it 90° clockwise
-    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif[0x0112] = orientation
+    method = _STORED[orientation]
+    stored = upright if method is None else upright.transpose(method)
     decoded = decode_image(encode(stored, "JPEG", exif=exif, quality=95))
-    assert decoded.size == (64, 48)
+    assert decoded.size == (64, 48) and decoded.mode == "RGB"
     diff = np.abs(np.asarray(decoded, dtype=int) - np.asarray(upright, dtype=int)).mean()
     assert diff < 6
 
