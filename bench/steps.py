@@ -1,10 +1,11 @@
 """Two steps of every photo's pipeline, old and new side by side in one run.
 
-- **The embedder graph**: the run's model exported as torch's exporter writes it, and slimmed as
-  `whaleid export` now writes it (training.export.export_embedder). ms per call at batch 1,
-  2 (one photo with flip TTA) and 8, on the run's catalogue crops, the two sessions timed in
-  turns round by round so that drift on a shared host hits both; and the largest difference
-  between their outputs.
+- **The embedder graph**: the run's model exported as torch's exporter writes it, its "same"
+  padding computed from each input's shape, and lean, as `whaleid export` now writes it
+  (training.fixed_padding, then training.graph_slim). ms per call at batch 1, 2 (one photo
+  with flip TTA) and 8, on the run's catalogue crops, the two sessions timed in turns round by
+  round so that drift on a shared host hits both; and the largest difference between their
+  outputs.
 - **The normalisation**: the formula on the (H, W, 3) array as it was written before
   2026-12-05, against `app.preprocess.to_chw`; ms per crop, and whether the two are equal to
   the bit.
@@ -126,9 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch = np.stack([transform(c) for c in crops])
     model = run.load_embedder()
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"exported": Path(tmp) / "exported.onnx", "slimmed": Path(tmp) / "slimmed.onnx"}
+        files = {"exported": Path(tmp) / "exported.onnx", "lean": Path(tmp) / "lean.onnx"}
         for name, path in files.items():
-            export_embedder(model, transform.input_size, path, slim=name == "slimmed")
+            export_embedder(model, transform.input_size, path, lean=name == "lean")
         graph_ms, gap = time_graphs(files, batch, args.rounds)
     normalise_ms, equal = time_normalise(crops, transform, args.rounds)
     result = {
@@ -152,7 +153,7 @@ def report(result: dict[str, Any], photos: int, rounds: int) -> None:
     print("| --- | ---: | ---: | ---: |")
     graph = result["graph_ms"]
     for size in BATCHES:
-        old, new = graph["exported"][size], graph["slimmed"][size]
+        old, new = graph["exported"][size], graph["lean"][size]
         print(f"| embedder graph, batch {size} | {old:.2f} | {new:.2f} | {old / new:.2f} |")
     old, new = result["normalise_ms"]["before"], result["normalise_ms"]["to_chw"]
     print(f"| normalise one crop | {old:.3f} | {new:.3f} | {old / new:.2f} |")

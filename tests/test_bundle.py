@@ -68,8 +68,9 @@ def test_fp32_parity(exported_bundle: ExportedBundle) -> None:
 
 
 def test_embedders_carry_no_shape_arithmetic(exported_bundle: ExportedBundle) -> None:
-    """tf_ backbones pad "same" from the runtime shape; slimmed at export, the pads are the
-    convs' own, and the batch axis stays dynamic."""
+    """tf_ backbones pad "same" from the runtime shape; at export the pads are fixed for the
+    bundle's input size (tiny_run_b's 80 px included) and moved into the convs, and the batch
+    axis stays dynamic."""
     import onnx
 
     manifest = exported_bundle.report.manifest

@@ -3,10 +3,11 @@
 Each embedder goes to ONNX with the TorchScript-based exporter (`torch.onnx.export(...,
 dynamo=False)`, opset 17, dynamic batch axis): the torch.export-based one needs onnxscript,
 which the training extra does not install, and the legacy one handles every timm CNN we train.
-The graph is then slimmed (onnxslim folds shape arithmetic into constants, so the tf_
-backbones' "same" padding costs nothing per photo). fp16 is onnxruntime's own graph converter
-(`onnxruntime.transformers.float16`), with fp16 inputs and outputs, GeM's power and mean kept in
-fp32 (x³ of activations overflows fp16).
+The tf_ backbones' "same" padding is fixed for the bundle's input size first
+(training.fixed_padding) and the graph slimmed where that changes no output
+(training.graph_slim): the pads become the convs' own and cost nothing per photo. fp16 is
+onnxruntime's own graph converter (`onnxruntime.transformers.float16`), with fp16 inputs and
+outputs, GeM's power and mean kept in fp32 (x³ of activations overflows fp16).
 
 Export checks itself: the same catalogue photos go through the torch model and through
 `app.embedder.OnnxEmbedder`, the class serving runs, and the export fails unless every cosine
@@ -30,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxslim
 import torch
 from PIL import Image
 from torch import nn
@@ -61,6 +61,8 @@ from training.evaluate import (
     threshold_curve,
     write_sweep_csv,
 )
+from training.fixed_padding import fix_same_padding
+from training.graph_slim import slimmed
 from training.matcher_export import MatcherParity, export_matcher
 from training.rerank_fit import RerankFit, embed_open_set, fit_rerank
 from training.runs import Run
@@ -153,11 +155,15 @@ def export_embedder(
     out_file: Path,
     *,
     fp16: bool = False,
-    slim: bool = True,
+    lean: bool = True,
 ) -> None:
-    """Write `model` (N, 3, H, W) → (N, D) as ONNX with a dynamic batch axis, fp32 or fp16;
-    `slim=False` keeps the graph as the exporter wrote it (bench/steps.py compares the two)."""
+    """Write `model` (N, 3, H, W) → (N, D) as ONNX with a dynamic batch axis, fp32 or fp16.
+    `lean`: "same" padding fixed for `input_size` and the graph slimmed (the same outputs,
+    less work per photo); False writes the graph as torch's exporter does (bench/steps.py
+    compares the two)."""
     model = model.float().eval().cpu()
+    if lean:
+        model = fix_same_padding(model, input_size)
     height, width = input_size
     # Batch 2 while tracing, so nothing can specialise on a batch of one.
     example = torch.zeros(2, 3, height, width)
@@ -165,6 +171,9 @@ def export_embedder(
         # The TorchScript exporter is deprecated in favour of dynamo (needs onnxscript): see top.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # Fixed pads reach the graph through a reversed Slice of constants that torch does not
+        # fold; slimmed() folds it.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         torch.onnx.export(
             model,
             (example,),
@@ -176,13 +185,9 @@ def export_embedder(
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             do_constant_folding=True,
         )
-    # tf_ backbones pad "same" from each tensor's runtime shape: a Shape/Gather/Ceil/Pad chain
-    # before every strided conv, run per photo. With the spatial size fixed, onnxslim folds
-    # those chains into the convs' own pads: the same outputs to the bit, and Lite0 at 224 px
-    # 20% faster per photo on the CPU (bench/RESULTS.md, "A slimmed embedder graph").
     graph = onnx.load(str(out_file))
-    if slim:
-        graph = onnxslim.slim(graph)
+    if lean:
+        graph = slimmed(graph, input_size)
     if fp16:
         graph = to_fp16(graph)
     onnx.checker.check_model(graph)
