@@ -5,8 +5,9 @@ from each input's runtime shape (`timm.layers.Conv2dSame`). Traced to ONNX, each
 becomes a Shape/Gather/Ceil/Pad chain that runs on every photo. A bundle's embedder takes one
 input size, so each of those pads is a constant: `fix_same_padding` replaces every Conv2dSame
 with a conv that applies its pads for that size. The arithmetic is the same, so the outputs are
-the same; the exported graph loses the chains (bench/steps.py: 1.2-1.4x faster per call on the
-CPU).
+the same, and the exported graph loses the chains. Most of the speed comes next, when
+training.graph_slim moves the pads into the convs (bench/steps.py: 1.2-1.4x per call on the
+CPU, against 1.04x for the fixed pads alone).
 
 This is done on the torch model rather than on the graph: onnxslim's shape folding, tried
 first, gave wrong outputs at 80 px (a 5-pixel feature map), where the parity check caught it.
