@@ -87,6 +87,45 @@ def test_letterbox_keeps_a_pixel_of_a_sliver() -> None:
     assert len(rows) == 1 and placement.size == (10000, 8)
 
 
+def one_bilinear_resize(img: Image.Image, size: int) -> np.ndarray:
+    """The letterbox by its definition: the photo resized once, bilinearly, centred on grey,
+    divided by 255 as float32."""
+    scale = min(size / img.width, size / img.height)
+    new_w, new_h = round(img.width * scale), round(img.height * scale)
+    canvas = Image.new("RGB", (size, size), (114, 114, 114))
+    resized = img if (new_w, new_h) == img.size else img.resize((new_w, new_h), Image.BILINEAR)
+    canvas.paste(resized, (round((size - new_w) / 2 - 0.1), round((size - new_h) / 2 - 0.1)))
+    return np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+
+
+@pytest.mark.parametrize(
+    ("photo", "side"), [((512, 384), 160), ((400, 200), 320), ((90, 300), 160)]
+)
+def test_letterbox_below_a_threefold_downscale_is_one_bilinear_resize_to_the_bit(
+    photo: tuple[int, int], side: int
+) -> None:
+    img = noisy(*photo)
+    arr, _ = letterbox(img, side)
+    assert arr.flags.c_contiguous and arr.dtype == np.float32
+    np.testing.assert_array_equal(arr, one_bilinear_resize(img, side))
+
+
+def test_letterbox_of_a_camera_photo_stays_within_grey_levels_of_a_fair_resize() -> None:
+    # A 12-megapixel photo to 160 px is a 25x downscale: blocks are averaged first, then the
+    # last 3x resampled. Content with detail at every scale: gradients, texture and noise.
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:3000, 0:4000].astype(np.float32)
+    texture = 40 * np.sin(x / 7.0) * np.cos(y / 11.0)
+    base = np.stack([x / 16 % 256, y / 12 % 256, (x + y) / 28 % 256], axis=-1)
+    pixels = base + texture[..., None] + rng.normal(0, 12, base.shape)
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    arr, placement = letterbox(img, 160)
+    fair = one_bilinear_resize(img, 160)
+    difference = np.abs(arr - fair) * 255
+    assert difference.mean() < 0.5 and difference.max() <= 3.0
+    assert (placement.scale, placement.pad_x, placement.pad_y) == (0.04, 0, 20)
+
+
 def noisy(width: int, height: int) -> Image.Image:
     rng = np.random.default_rng(width * 7 + height)
     return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
