@@ -65,11 +65,17 @@ class LeanClient:
         self._opened: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def post(self, path: str, body: Body) -> tuple[int, bytes]:
-        """The status and body of the answer; a dropped keep-alive connection is reopened once."""
+    def post(self, path: str, body: Body, *, idempotent: bool = False) -> tuple[int, bytes]:
+        """The status and body of the answer.
+
+        A kept-alive connection the server has since closed fails only when used: the request
+        may or may not have reached the server. An `idempotent` request (one that changes
+        nothing, such as POST /identify) is then sent once more on a new connection; any other
+        raises, so that a registration is never made twice. A new connection that fails always
+        raises."""
         headers = {**self.headers, "Content-Type": body.content_type}
-        for attempt in (1, 2):
-            conn = self._connection()
+        while True:
+            conn, reused = self._connection()
             try:
                 conn.request("POST", path, body=body.content, headers=headers)
                 response = conn.getresponse()
@@ -77,9 +83,8 @@ class LeanClient:
             except (ConnectionError, http.client.RemoteDisconnected):
                 conn.close()
                 self._local.conn = None
-                if attempt == 2:
+                if not (reused and idempotent):
                     raise
-        raise AssertionError("unreachable")
 
     def close(self) -> None:
         with self._lock:
@@ -93,11 +98,13 @@ class LeanClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it served a request before."""
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            self._local.conn = conn
-            with self._lock:
-                self._opened.append(conn)
-        return conn
+        if conn is not None:
+            return conn, True
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self._local.conn = conn
+        with self._lock:
+            self._opened.append(conn)
+        return conn, False

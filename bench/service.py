@@ -398,7 +398,7 @@ class Poster:
         """Milliseconds from send to parsed answer, its top-1 and the service's timing_ms."""
         t0 = time.perf_counter()
         if self.lean is not None:
-            status, content = self.lean.post("/identify", self.bodies[photo.image])
+            status, content = self.lean.post("/identify", self.bodies[photo.image], idempotent=True)
         else:
             assert self.httpx is not None
             response = self.httpx.post(
