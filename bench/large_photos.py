@@ -51,7 +51,7 @@ from app.preprocess import LETTERBOX_FILL, Box, Letterbox, crop_box, letterbox
 from app.sessions import open_session
 from gallery.catalogue import Photo, read_catalogue
 
-__all__ = ["letterbox_before", "main"]
+__all__ = ["camera_jpeg", "letterbox_before", "main"]
 
 NOISE = 4.0  # grey levels of Gaussian noise on the upscaled photos
 QUALITY = 90
@@ -85,16 +85,25 @@ class CameraPhoto:
     truth: Box | None
 
 
-def camera_photo(photo: Photo, side: int, rng: np.random.Generator) -> CameraPhoto:
-    img = decode_image(photo.path.read_bytes(), draft_side=None, name=photo.image)
+def camera_jpeg(
+    content: bytes, side: int, rng: np.random.Generator, name: str = "photo"
+) -> tuple[bytes, float]:
+    """A photo's bytes made camera-size: upscaled bicubically to `side` px on its long side,
+    NOISE grey levels of noise added, saved as a JPEG of QUALITY; and the scale applied."""
+    img = decode_image(content, draft_side=None, name=name)
     scale = side / max(img.size)
     size = (round(img.width * scale), round(img.height * scale))
     big = np.asarray(img.resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
     big += rng.normal(0.0, NOISE, big.shape).astype(np.float32)
     buffer = io.BytesIO()
     Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=QUALITY)
+    return buffer.getvalue(), scale
+
+
+def camera_photo(photo: Photo, side: int, rng: np.random.Generator) -> CameraPhoto:
+    content, scale = camera_jpeg(photo.path.read_bytes(), side, rng, photo.image)
     truth = None if photo.box is None else (*(float(v) * scale for v in photo.box),)
-    return CameraPhoto(buffer.getvalue(), photo.individual_id, truth)  # type: ignore[arg-type]
+    return CameraPhoto(content, photo.individual_id, truth)  # type: ignore[arg-type]
 
 
 def pick(photos: Sequence[Photo], individuals: int, per: int) -> list[Photo]:

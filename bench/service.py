@@ -27,6 +27,7 @@ they agree on the top-1 individual (a sanity check, not timed). Everything runs 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -66,6 +67,7 @@ from app.preprocess import (
     pad_box,
 )
 from app.sessions import open_session, resolve_providers
+from bench.large_photos import camera_jpeg
 from bench.loadgen import LeanClient, multipart
 from bench.server import ServeProcess, ServerFailed, serve_env
 from gallery.keypoints import StoredFeatures
@@ -182,6 +184,16 @@ def held_out(
     if limit is not None:
         query_names = query_names[:limit]
     return [photo(n) for n in gallery_names], [photo(n) for n in query_names]
+
+
+def camera_size(queries: Sequence[BenchPhoto], side: int) -> list[BenchPhoto]:
+    """The queries as camera photos of `side` px on the long side (bench/large_photos.py)."""
+    rng = np.random.default_rng(0)
+    log(f"making {len(queries)} queries {side} px on the long side")
+    return [
+        dataclasses.replace(p, content=camera_jpeg(p.content, side, rng, p.image)[0])
+        for p in queries
+    ]
 
 
 # -- measurements ------------------------------------------------------------------------------
@@ -663,6 +675,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=3, help="passes over the queries")
     parser.add_argument("--limit", type=int, help="at most this many queries")
     parser.add_argument(
+        "--photo-side",
+        type=int,
+        help="make the queries camera-size, as bench/large_photos.py does: each one upscaled to "
+        "this many px on its long side (4000: 12 megapixels), with noise, as a JPEG of quality "
+        "90; the gallery keeps the catalogue's photos (default: the catalogue's own queries)",
+    )
+    parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where every model runs"
     )
     parser.add_argument(
@@ -842,6 +861,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     manifest = Manifest.read(inputs.bundle, verify=True)
     check_runs(manifest, inputs.runs)
     gallery_photos, queries = held_out(inputs.runs[0], catalogue, args.quick, args.limit)
+    if args.photo_side is not None:
+        queries = camera_size(queries, args.photo_side)
     log(f"{len(gallery_photos)} gallery photos, {len(queries)} held-out queries × {repeat}")
 
     pipeline = Pipeline.from_bundle(inputs.bundle, providers=[args.device])
@@ -912,6 +933,7 @@ def describe(
     print(
         f"bundle: {members}, detector {detector}; gallery {gallery_size} photos of "
         f"{len(gallery.individuals)} individuals; {queries} held-out queries × {repeat}"
+        + ("" if args.photo_side is None else f", made {args.photo_side} px on the long side")
     )
 
 

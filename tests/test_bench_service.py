@@ -56,3 +56,21 @@ def test_service_bench_quick(
     out = capsys.readouterr().out
     assert "| pipeline | images | images/s | p50 ms | p95 ms |" in out
     assert "(b)/(a) = " in out and "(b)/(c) = " in out and "(b)/(a) in turns = " in out
+
+
+def test_camera_size_queries_are_the_same_photos_made_large(catalogue: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_service_camera", BENCH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    from app.decode import decode_image
+
+    paths = sorted((catalogue / "images").rglob("*.jpg"))[:2]
+    queries = [module.BenchPhoto(p.name, "fin", "dolphin", p.read_bytes()) for p in paths]
+    large = module.camera_size(queries, 1200)
+    for small, big in zip(queries, large, strict=True):
+        assert (big.image, big.individual_id, big.species) == (small.image, "fin", "dolphin")
+        original, made = decode_image(small.content), decode_image(big.content)
+        assert max(made.size) == 1200
+        assert abs(made.width / made.height - original.width / original.height) < 0.01
