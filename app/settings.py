@@ -151,7 +151,8 @@ class Settings(StoreSettings):
     draft_side: int | None = Field(
         DEFAULT_DRAFT_SIDE,
         gt=0,
-        description="large JPEGs are decoded at reduced scale down to this longer side",
+        description="a JPEG is decoded at 1/2, 1/4 or 1/8 scale while its longer side stays at "
+        "least this (2048: photos of 4096 px and more); training decodes with the default",
     )
     max_images: int = Field(32, ge=1, description="most photos in one POST /gallery")
     max_encounter: int = Field(
