@@ -31,8 +31,9 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,58 +160,72 @@ def median_ms(samples: Sequence[float]) -> float:
     return float(np.median(samples)) * 1000.0
 
 
-def measure(
+LETTERBOXES: dict[str, Letterboxer] = {"before": letterbox_before, "now": letterbox}
+
+
+@dataclass
+class Found:
+    """What one run over the photos found: each step's seconds, and for each letterbox each
+    photo's box and embedding."""
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    boxes: dict[str, list[Box | None]] = field(default_factory=dict)
+    vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds.setdefault(step, []).append(time.perf_counter() - start)
+
+
+def run_photos(
     pipeline: Pipeline, detector: Detector, photos: Sequence[CameraPhoto], rounds: int
-) -> dict[str, Any]:
-    steps: dict[str, list[float]] = {
-        "decode": [],
-        "letterbox_before": [],
-        "letterbox_now": [],
-        "detector": [],
-        "crop_and_embed": [],
-    }
-    boxes: dict[str, list[Box | None]] = {"before": [], "now": []}
-    vectors: dict[str, list[np.ndarray]] = {"before": [], "now": []}
+) -> Found:
+    """Each photo decoded, letterboxed both ways (`rounds` times, in turns), detected, and
+    cropped and embedded from each letterbox's box."""
+    found = Found()
     size = detector.spec.input_size
-    padding = pipeline.padding
     for photo in photos:
-        start = time.perf_counter()
-        img = decode_image(photo.content)
-        steps["decode"].append(time.perf_counter() - start)
+        with found.timed("decode"):
+            img = decode_image(photo.content)
         for _ in range(rounds):
-            for name, letterboxer in (("before", letterbox_before), ("now", letterbox)):
-                start = time.perf_counter()
-                letterboxer(img, size)
-                steps[f"letterbox_{name}"].append(time.perf_counter() - start)
+            for name, letterboxer in LETTERBOXES.items():
+                with found.timed(f"letterbox_{name}"):
+                    letterboxer(img, size)
         x, _ = letterbox(img, size)
-        start = time.perf_counter()
-        detector.run(x)
-        steps["detector"].append(time.perf_counter() - start)
-        for name, letterboxer in (("before", letterbox_before), ("now", letterbox)):
+        with found.timed("detector"):
+            detector.run(x)
+        for name, letterboxer in LETTERBOXES.items():
             box = detector.box(img, letterboxer)
-            start = time.perf_counter()
-            vector = pipeline.embed_crops([crop_box(img, box, padding)])[0]
-            steps["crop_and_embed"].append(time.perf_counter() - start)
-            boxes[name].append(box)
-            vectors[name].append(vector)
-    before, now = np.stack(vectors["before"]), np.stack(vectors["now"])
+            with found.timed("crop_and_embed"):
+                vector = pipeline.embed_crops([crop_box(img, box, pipeline.padding)])[0]
+            found.boxes.setdefault(name, []).append(box)
+            found.vectors.setdefault(name, []).append(vector)
+    return found
+
+
+def compare(found: Found, photos: Sequence[CameraPhoto]) -> dict[str, Any]:
+    """The figures: median ms per step, and how the two letterboxes' answers agree."""
+    before, now = np.stack(found.vectors["before"]), np.stack(found.vectors["now"])
     labels = [p.individual_id for p in photos]
     truth_iou = {
-        name: [iou(b, p.truth) for b, p in zip(found, photos, strict=True)]
-        for name, found in boxes.items()
+        name: [iou(b, p.truth) for b, p in zip(boxes, photos, strict=True)]
+        for name, boxes in found.boxes.items()
     }
-    between = [iou(a, b) for a, b in zip(boxes["before"], boxes["now"], strict=True)]
+    pairs = list(zip(found.boxes["before"], found.boxes["now"], strict=True))
+    between = [iou(a, b) for a, b in pairs]
     cosine = (before * now).sum(axis=1)
     return {
         "photos": len(photos),
         "photo_size": list(decode_image(photos[0].content).size),
-        "ms": {name: median_ms(samples) for name, samples in steps.items()},
+        "ms": {name: median_ms(samples) for name, samples in found.seconds.items()},
         "truth_iou": {
             name: {"mean": float(np.mean(v)), "median": float(np.median(v)), "min": min(v)}
             for name, v in truth_iou.items()
         },
         "boxes_iou": {"mean": float(np.mean(between)), "min": min(between)},
-        "boxes_same": float(np.mean([a == b for a, b in zip(*boxes.values(), strict=True)])),
+        "boxes_same": float(np.mean([a == b for a, b in pairs])),
         "cosine": {"mean": float(cosine.mean()), "min": float(cosine.min())},
         "top1": {
             "before": top1(before, before, labels),
@@ -250,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.catalogue}: fewer than 2 individuals with {args.per} photos")
     rng = np.random.default_rng(args.seed)
     photos = [camera_photo(p, args.side, rng) for p in chosen]
-    result = measure(pipeline, Detector(args.bundle, spec), photos, args.rounds)
+    found = run_photos(pipeline, Detector(args.bundle, spec), photos, args.rounds)
+    result = compare(found, photos)
     report(result, spec.input_size)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
