@@ -21,7 +21,7 @@ from app.preprocess import Crop, Letterbox, letterbox
 from app.sessions import open_session
 from gallery.batches import chunks
 
-__all__ = ["OnnxDetector"]
+__all__ = ["OnnxDetector", "best_crop"]
 
 
 class OnnxDetector:
@@ -77,20 +77,24 @@ class OnnxDetector:
                 batch = np.concatenate([batch, fill])
             (detections,) = self._session.run(None, {self._input_name: batch})[:1]
             crops += [
-                self._best(rows, placement)
+                best_crop(rows, placement, self.spec.confidence)
                 for rows, placement in zip(detections, placements, strict=False)
             ]
         return crops
 
-    def _best(self, rows: np.ndarray, placement: Letterbox) -> Crop | None:
-        if len(rows) == 0:
-            return None
-        top = int(np.argmax(rows[:, 4]))
-        confidence = float(rows[top, 4])
-        # Zero rows are padding, so a threshold of 0 must still refuse a zero-confidence row.
-        if confidence < self.spec.confidence or confidence <= 0.0:
-            return None
-        x1, y1, x2, y2 = (float(v) for v in placement.unmap(rows[top : top + 1, :4])[0])
-        if x2 - x1 < 1.0 or y2 - y1 < 1.0:  # a box wholly in the padding: nothing to crop
-            return None
-        return Crop(box=(x1, y1, x2, y2), confidence=confidence)
+
+def best_crop(rows: np.ndarray, placement: Letterbox, confidence: float) -> Crop | None:
+    """One photo's answer from its detections (rows `x1, y1, x2, y2, confidence, class` in
+    letterboxed pixels): the most confident box in original-photo pixels, or None when it is
+    below `confidence` or lies wholly in the padding."""
+    if len(rows) == 0:
+        return None
+    top = int(np.argmax(rows[:, 4]))
+    found = float(rows[top, 4])
+    # Zero rows are padding, so a threshold of 0 must still refuse a zero-confidence row.
+    if found < confidence or found <= 0.0:
+        return None
+    x1, y1, x2, y2 = (float(v) for v in placement.unmap(rows[top : top + 1, :4])[0])
+    if x2 - x1 < 1.0 or y2 - y1 < 1.0:  # a box wholly in the padding: nothing to crop
+        return None
+    return Crop(box=(x1, y1, x2, y2), confidence=found)

@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from app.decode import decode_image
+from app.detector import best_crop
 from app.manifest import DetectorSpec
 from app.pipeline import Pipeline
 from app.preprocess import LETTERBOX_FILL, Box, Letterbox, crop_box, letterbox
@@ -117,7 +118,8 @@ def pick(photos: Sequence[Photo], individuals: int, per: int) -> list[Photo]:
 
 
 class Detector:
-    """The bundle's detector session, fed by either letterbox (the service's decision rule)."""
+    """The bundle's detector session, fed by either letterbox; its answer by the service's own
+    rule (app.detector.best_crop)."""
 
     def __init__(self, bundle: Path, spec: DetectorSpec) -> None:
         self.spec = spec
@@ -129,12 +131,8 @@ class Detector:
 
     def box(self, img: Image.Image, letterboxer: Letterboxer) -> Box | None:
         x, placement = letterboxer(img, self.spec.input_size)
-        rows = self.run(x)
-        top = int(np.argmax(rows[:, 4]))
-        if rows[top, 4] < self.spec.confidence or rows[top, 4] <= 0:
-            return None
-        x1, y1, x2, y2 = (float(v) for v in placement.unmap(rows[top : top + 1, :4])[0])
-        return None if x2 - x1 < 1 or y2 - y1 < 1 else (x1, y1, x2, y2)
+        crop = best_crop(self.run(x), placement, self.spec.confidence)
+        return None if crop is None else crop.box
 
 
 def iou(a: Box | None, b: Box | None) -> float:

@@ -54,6 +54,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from app.decode import decode_image
+from app.detector import best_crop
 from app.embedder import combine
 from app.manifest import EmbedderSpec, Manifest
 from app.pipeline import Pipeline
@@ -310,11 +311,8 @@ class Raw:
         x, placement = letterbox(img, spec.input_size)
         name = self.detector.get_inputs()[0].name
         rows = self.detector.run(None, {name: x[None]})[0][0]
-        top = int(np.argmax(rows[:, 4]))
-        if rows[top, 4] < spec.confidence or rows[top, 4] <= 0:
-            return None
-        x1, y1, x2, y2 = placement.unmap(rows[top : top + 1, :4])[0]
-        return None if x2 - x1 < 1 or y2 - y1 < 1 else (x1, y1, x2, y2)
+        crop = best_crop(rows, placement, spec.confidence)
+        return None if crop is None else crop.box
 
     def embed(self, crop: Any) -> np.ndarray:
         arrays: dict[EmbedTransform, np.ndarray] = {}
