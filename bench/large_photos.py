@@ -52,6 +52,7 @@ from app.pipeline import Pipeline
 from app.preprocess import LETTERBOX_FILL, Box, Letterbox, crop_box, letterbox
 from app.sessions import open_session
 from gallery.catalogue import Photo, read_catalogue
+from training.detector.evaluate import box_iou
 
 __all__ = ["camera_jpeg", "letterbox_before", "main"]
 
@@ -104,8 +105,11 @@ def camera_jpeg(
 
 def camera_photo(photo: Photo, side: int, rng: np.random.Generator) -> CameraPhoto:
     content, scale = camera_jpeg(photo.path.read_bytes(), side, rng, photo.image)
-    truth = None if photo.box is None else (*(float(v) * scale for v in photo.box),)
-    return CameraPhoto(content, photo.individual_id, truth)  # type: ignore[arg-type]
+    truth: Box | None = None
+    if photo.box is not None:
+        x1, y1, x2, y2 = photo.box
+        truth = (x1 * scale, y1 * scale, x2 * scale, y2 * scale)
+    return CameraPhoto(content, photo.individual_id, truth)
 
 
 def pick(photos: Sequence[Photo], individuals: int, per: int) -> list[Photo]:
@@ -136,14 +140,11 @@ class Detector:
 
 
 def iou(a: Box | None, b: Box | None) -> float:
-    """Intersection over union; 1 when both are None, 0 when only one is."""
+    """training.detector.evaluate's box IoU, where a photo may have no box: 1 when neither
+    has one, 0 when only one has."""
     if a is None or b is None:
         return float(a is None and b is None)
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    return box_iou(a, b)
 
 
 def top1(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[str]) -> float:
